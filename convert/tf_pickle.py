@@ -1,0 +1,153 @@
+"""Read NVIDIA TensorFlow network pickles (PGGAN / StyleGAN / StyleGAN2) without TensorFlow.
+
+The official files unpickle to a 3-tuple ``(G, D, Gs)`` of ``Network`` objects whose real
+``__setstate__`` *executes* the pickled ``build_module_src`` and builds a TF graph. Here the two
+network classes -- ``tfutil.Network`` (PGGAN, state version 2) and
+``dnnlib.tflib.network.Network`` (StyleGAN v1 version 3, StyleGAN2 version 4) -- resolve to the
+inert ``TFNetwork`` stub, whose BUILD step only stores the state dict; ``build_module_src`` is
+kept as a string and never run. All other globals except the numpy reconstruction functions
+(and ``dnnlib.util.EasyDict``/``collections.OrderedDict``, read as dicts) are refused with
+``UnsafePickleError``.
+
+Public API:
+
+* ``TFNetwork`` -- ``version``, ``name``, ``static_kwargs`` (dict), ``build_func_name``,
+  ``variables`` (list of (name, np.ndarray); numpy scalars become 0-d arrays), ``components``
+  (dict name -> TFNetwork; empty for PGGAN), ``build_module_src`` (str, inert) and
+  ``all_variables(prefix='') -> dict[str, np.ndarray]`` (own variables plus the components'
+  under ``'mapping/...'``, ``'synthesis/...'``).
+* ``load_pickle(path_or_bytes, *, name=None) -> object`` -- any pickle of TF networks / numpy
+  arrays / plain containers.
+* ``read_tf_pickle(path_or_bytes, *, name=None) -> tuple`` -- the ``(G, D, Gs)`` tuple.
+* ``read_gs(path_or_bytes, *, name=None) -> TFNetwork`` -- ``Gs``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from convert.safe_pickle import (NUMPY_GLOBALS, PathOrBytes, PickledDict, UnsafePickleError,
+                                 open_source, plain, restricted_load)
+from mgan_jax.errors import UserError
+
+#: the NVIDIA network classes the stub stands in for, with the state versions they pickle.
+NETWORK_CLASSES = {("tfutil", "Network"): (2,),
+                   ("dnnlib.tflib.network", "Network"): (3, 4)}
+
+
+class TFNetwork:
+  """Inert stand-in for an NVIDIA TF ``Network``: pickle's BUILD only stores its state.
+
+  Attributes (after unpickling): ``version`` (int), ``name`` (str), ``static_kwargs`` (dict),
+  ``build_func_name`` (str), ``build_module_src`` (str, never executed), ``variables``
+  (list of (str, np.ndarray)), ``components`` (dict[str, TFNetwork]).
+  """
+
+  version: int
+  name: str
+  static_kwargs: dict
+  build_func_name: str
+  build_module_src: str
+  variables: list
+  components: dict
+
+  def __init__(self, *, version: int = 4, name: str = "", static_kwargs: Optional[dict] = None,
+               build_func_name: str = "", variables: Any = (),
+               components: Optional[Mapping[str, "TFNetwork"]] = None,
+               build_module_src: str = ""):
+    self.__setstate__({"version": version, "name": name,
+                       "static_kwargs": dict(static_kwargs or {}),
+                       "build_func_name": build_func_name, "variables": list(variables),
+                       "components": dict(components or {}),
+                       "build_module_src": build_module_src})
+
+  def __setstate__(self, state: Any) -> None:
+    """Pickle's BUILD: validate and store the data; never execute ``build_module_src``."""
+    if not isinstance(state, Mapping):
+      raise UnsafePickleError(f"TF Network state is a {type(state).__name__}, not a dict")
+    version = state.get("version")
+    if not isinstance(version, int) or version not in (2, 3, 4):
+      raise UserError(f"unsupported TF Network state version {version!r} (known: 2, 3, 4)")
+    variables = []
+    for item in state.get("variables", ()):
+      if (not isinstance(item, (tuple, list)) or len(item) != 2 or not isinstance(item[0], str)
+          or not isinstance(item[1], (np.ndarray, np.generic, float, int))):
+        raise UserError(f"TF Network variable entry {str(item)[:60]!r} is not (name, array)")
+      variables.append((item[0], np.asarray(item[1])))
+    components = dict(state.get("components") or {})
+    for cname, comp in components.items():
+      if not isinstance(cname, str) or not isinstance(comp, TFNetwork):
+        raise UserError(f"TF Network component {cname!r} is a {type(comp).__name__}, "
+                        "not a Network")
+    static_kwargs = state.get("static_kwargs") or {}
+    if not isinstance(static_kwargs, Mapping):
+      raise UserError(f"TF Network static_kwargs is a {type(static_kwargs).__name__}")
+    self.version = version
+    self.name = str(state.get("name", ""))
+    self.static_kwargs = plain(dict(static_kwargs))
+    self.build_func_name = str(state.get("build_func_name", ""))
+    self.build_module_src = str(state.get("build_module_src", ""))
+    self.variables = variables
+    self.components = components
+
+  def all_variables(self, prefix: str = "") -> dict[str, np.ndarray]:
+    """Own variables as ``prefix + name``, components recursively as ``prefix + comp + '/'``."""
+    out = {prefix + k: v for k, v in self.variables}
+    for cname, comp in self.components.items():
+      out.update(comp.all_variables(prefix + cname + "/"))
+    return out
+
+  def __repr__(self) -> str:
+    comps = f", components={sorted(self.components)}" if self.components else ""
+    return (f"TFNetwork(name={self.name!r}, version={self.version}, "
+            f"build_func_name={self.build_func_name!r}, {len(self.variables)} variables{comps})")
+
+
+def _tf_globals() -> dict[tuple[str, str], Any]:
+  out = dict(NUMPY_GLOBALS)
+  for key in NETWORK_CLASSES:
+    out[key] = TFNetwork
+  out[("dnnlib.util", "EasyDict")] = PickledDict
+  out[("dnnlib", "EasyDict")] = PickledDict
+  out[("collections", "OrderedDict")] = PickledDict
+  return out
+
+
+#: globals a TF network pickle may name.
+TF_GLOBALS: Mapping[tuple[str, str], Any] = _tf_globals()
+
+
+def load_pickle(src: PathOrBytes, *, name: str | None = None) -> Any:
+  """Load a pickle that may hold TF ``Network`` stubs, numpy arrays and plain containers."""
+  data, display = open_source(src, name)
+  return plain(restricted_load(data, name=display, allowed=TF_GLOBALS))
+
+
+def read_tf_pickle(src: PathOrBytes, *, name: str | None = None) -> tuple:
+  """The ``(G, D, Gs)`` tuple of ``TFNetwork`` stubs of an NVIDIA TF pickle.
+
+  Raises UserError (naming the file) if the pickle is not a tuple of networks.
+  """
+  data, display = open_source(src, name)
+  obj = load_pickle(data, name=display)
+  if not isinstance(obj, tuple) or not obj or not all(isinstance(n, TFNetwork) for n in obj):
+    what = (f"a tuple of {', '.join(type(n).__name__ for n in obj)}" if isinstance(obj, tuple)
+            else f"a {type(obj).__name__}")
+    raise UserError(f"{display}: holds {what}, not the (G, D, Gs) networks of an NVIDIA TF "
+                    "pickle")
+  return obj
+
+
+def read_gs(src: PathOrBytes, *, name: str | None = None) -> TFNetwork:
+  """``Gs`` (the EMA generator, third of ``(G, D, Gs)``) of an NVIDIA TF pickle."""
+  data, display = open_source(src, name)
+  nets = read_tf_pickle(data, name=display)
+  if len(nets) != 3:
+    raise UserError(f"{display}: holds {len(nets)} networks, expected the 3-tuple (G, D, Gs)")
+  return nets[2]
+
+
+__all__ = ["TFNetwork", "TF_GLOBALS", "NETWORK_CLASSES", "load_pickle", "read_tf_pickle",
+           "read_gs"]
