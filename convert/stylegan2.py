@@ -1,0 +1,184 @@
+"""StyleGAN2 converter: NVIDIA TF ``G_main`` pickles and genforce state dicts -> Flax.
+
+Both sources map onto the parameter tree of ``mgan_jax.generators.stylegan2`` (TF variable
+names and layouts):
+
+* TF ``Gs`` (``build_func_name == 'G_main'``, synthesis ``G_synthesis_stylegan2``, architecture
+  'skip'): ``dlatent_avg``, ``mapping/Dense{i}/*`` and every synthesis variable are copied as
+  they are (conv kernels HWIO, ``mod_weight`` [W, Cin], ``mod_bias`` without the +1, which the
+  model adds at run time as TF does); ``4x4/Const/const`` (1, C, 4, 4) and ``noise{i}``
+  (1, 1, H, W) are transposed to NHWC. ``Conv0_up`` kernels are *not* flipped: the official
+  up-convolution (transposed conv of the flipped kernel) is run as a correlation of the
+  zero-inserted input with the stored kernel. ``G_main``'s own ``lod`` (must be 0) is leftover.
+* genforce ``StyleGAN2GeneratorNet`` state dict: ``*.fc.weight`` [out, in] are transposed (to
+  TF's [in, out]); conv and ToRGB weights are already (k, k, Cin, Cout); ``style.bias`` is the TF
+  ``mod_bias`` (genforce adds ``init_bias`` 1 at run time too); ``early_layer.const`` and
+  ``layer{i}.noise`` are transposed to NHWC. ``truncation.truncation``, ``layer{i}.filter.kernel``
+  and ``upsample.kernel`` are leftover.
+
+Sizes and the channel schedule are read from the weights; the default truncation is the
+official one (psi 0.5 on all layers). Missing keys, wrong shapes and unknown keys (e.g. the
+'resnet' architecture's ``skip_layer``) are ``UserError``s naming the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from convert.registry import Conversion, FamilyConverter
+from convert.stylegan import (check_kwargs, count_indexed, fill_params, leftovers, shape_of,
+                              tf_kwargs, tf_variables)
+from mgan_jax.errors import UserError
+from mgan_jax.generators.stylegan2 import StyleGAN2, _conv_name
+
+_CONV_LEAVES = ("weight", "bias", "noise_strength", "mod_weight", "mod_bias")
+_RGB_LEAVES = ("weight", "bias", "mod_weight", "mod_bias")
+
+
+def _tf_table(spec: StyleGAN2) -> dict[str, tuple[str, str]]:
+  t: dict[str, tuple[str, str]] = {"dlatent_avg": ("dlatent_avg", "copy")}
+  for i in range(spec.mapping_layers):
+    for leaf in ("weight", "bias"):
+      t[f"mapping/Dense{i}/{leaf}"] = (f"mapping/Dense{i}/{leaf}", "copy")
+  t["synthesis/4x4/Const/const"] = ("synthesis/4x4/Const/const", "nchw")
+  for i in range(spec.num_conv_layers):
+    t[f"synthesis/noise{i}"] = (f"synthesis/noise{i}", "nchw")
+    scope, name, _ = _conv_name(i)
+    for leaf in _CONV_LEAVES:
+      t[f"synthesis/{scope}/{name}/{leaf}"] = (f"synthesis/{scope}/{name}/{leaf}", "copy")
+  for b in range(len(spec.channels)):
+    res = 4 * 2 ** b
+    for leaf in _RGB_LEAVES:
+      key = f"synthesis/{res}x{res}/ToRGB/{leaf}"
+      t[key] = (key, "copy")
+  return t
+
+
+def _sd_table(spec: StyleGAN2) -> dict[str, tuple[str, str]]:
+  t: dict[str, tuple[str, str]] = {"dlatent_avg": ("truncation.w_avg", "copy")}
+  for i in range(spec.mapping_layers):
+    t[f"mapping/Dense{i}/weight"] = (f"mapping.dense{i}.fc.weight", "T")
+    t[f"mapping/Dense{i}/bias"] = (f"mapping.dense{i}.bias", "copy")
+  t["synthesis/4x4/Const/const"] = ("synthesis.early_layer.const", "nchw")
+  for i in range(spec.num_conv_layers):
+    src = f"synthesis.layer{i}"
+    t[f"synthesis/noise{i}"] = (f"{src}.noise", "nchw")
+    scope, name, _ = _conv_name(i)
+    base = f"synthesis/{scope}/{name}"
+    t[f"{base}/weight"] = (f"{src}.weight", "copy")
+    t[f"{base}/bias"] = (f"{src}.bias", "copy")
+    t[f"{base}/noise_strength"] = (f"{src}.noise_strength", "copy")
+    t[f"{base}/mod_weight"] = (f"{src}.style.fc.weight", "T")
+    t[f"{base}/mod_bias"] = (f"{src}.style.bias", "copy")
+  for b in range(len(spec.channels)):
+    res = 4 * 2 ** b
+    src = f"synthesis.output{b}"
+    base = f"synthesis/{res}x{res}/ToRGB"
+    t[f"{base}/weight"] = (f"{src}.weight", "copy")
+    t[f"{base}/bias"] = (f"{src}.bias", "copy")
+    t[f"{base}/mod_weight"] = (f"{src}.style.fc.weight", "T")
+    t[f"{base}/mod_bias"] = (f"{src}.style.bias", "copy")
+  return t
+
+
+def _make_spec(what: str, **kw) -> StyleGAN2:
+  try:
+    return StyleGAN2(**kw)
+  except ValueError as e:
+    raise UserError(f"{what}: {e}") from None
+
+
+# ----- TF pickle ---------------------------------------------------------------------------------
+
+_TF_REQUIRED = {
+    "num_channels": 3, "label_size": 0, "architecture": "skip", "nonlinearity": "lrelu",
+    "resample_kernel": [1, 3, 3, 1], "mapping_lrmul": 0.01, "mapping_nonlinearity": "lrelu",
+    "normalize_latents": True,
+}
+
+
+def matches_tf(net: Any) -> bool:
+  if getattr(net, "build_func_name", None) != "G_main":
+    return False
+  synth = dict(getattr(net, "components", None) or {}).get("synthesis")
+  return getattr(synth, "build_func_name", "G_synthesis_stylegan2") == "G_synthesis_stylegan2"
+
+
+def from_tf(net: Any) -> Conversion:
+  """TF ``Gs`` network stub (``G_main``) -> Conversion."""
+  what = f"TF network {getattr(net, 'name', 'Gs')!r} (G_main)"
+  comps = dict(getattr(net, "components", None) or {})
+  for c in ("mapping", "synthesis"):
+    if c not in comps:
+      raise UserError(f"{what}: missing component {c!r}")
+  check_kwargs(tf_kwargs(net, "synthesis"), _TF_REQUIRED, what)
+  check_kwargs(tf_kwargs(net, "mapping"), _TF_REQUIRED, what)
+  kw_s = tf_kwargs(net, "synthesis")
+  var = tf_variables(net, what)
+  noun = "variable"
+  m_layers = count_indexed(var, r"mapping/Dense(\d+)/weight")
+  if m_layers < 1:
+    raise UserError(f"{what}: missing variable mapping/Dense0/weight")
+  z_dim, fmaps = shape_of(var, "mapping/Dense0/weight", 2, what, noun)
+  w_dim = shape_of(var, f"mapping/Dense{m_layers - 1}/weight", 2, what, noun)[1]
+  res = 8
+  while f"synthesis/{res}x{res}/Conv1/weight" in var:
+    res *= 2
+  resolution = res // 2
+  if resolution < 8:
+    raise UserError(f"{what}: missing variable synthesis/8x8/Conv1/weight")
+  if kw_s.get("resolution") not in (None, resolution):
+    raise UserError(f"{what}: static_kwargs resolution={kw_s['resolution']} but the variables "
+                    f"stop at {resolution}x{resolution}")
+  channels = [shape_of(var, "synthesis/4x4/Conv/weight", 4, what, noun)[-1]]
+  r = 8
+  while r <= resolution:
+    channels.append(shape_of(var, f"synthesis/{r}x{r}/Conv1/weight", 4, what, noun)[-1])
+    r *= 2
+  spec = _make_spec(what, resolution=resolution, latent_dim=z_dim, w_dim=w_dim,
+                    mapping_layers=m_layers, mapping_fmaps=fmaps if m_layers > 1 else w_dim,
+                    channels=tuple(channels))
+  params, used = fill_params(spec, var, _tf_table(spec), what, noun)
+  left = leftovers(var, used, [], what, noun, lod_keys=["lod", "synthesis/lod"])
+  return Conversion(spec=spec, params=params, leftover=left)
+
+
+# ----- genforce state dict -----------------------------------------------------------------------
+
+def matches_state_dict(sd: Mapping[str, Any]) -> bool:
+  return "synthesis.early_layer.const" in sd
+
+
+def from_state_dict(sd: Mapping[str, Any]) -> Conversion:
+  """genforce ``StyleGAN2GeneratorNet`` state dict (flat, numpy) -> Conversion."""
+  what = "StyleGAN2 state dict"
+  noun = "key"
+  m_layers = count_indexed(sd, r"mapping\.dense(\d+)\.fc\.weight")
+  if m_layers < 1:
+    raise UserError(f"{what}: missing key mapping.dense0.fc.weight")
+  fmaps, z_dim = shape_of(sd, "mapping.dense0.fc.weight", 2, what, noun)
+  w_dim = shape_of(sd, f"mapping.dense{m_layers - 1}.fc.weight", 2, what, noun)[0]
+  nconv = count_indexed(sd, r"synthesis\.layer(\d+)\..*")
+  if nconv < 3 or nconv % 2 == 0:
+    raise UserError(f"{what}: found {nconv} conv layers (synthesis.layer0..layer{nconv - 1}); "
+                    "a StyleGAN2 has an odd number >= 3"
+                    + (f"; missing key synthesis.layer{nconv}.weight" if nconv % 2 == 0 else ""))
+  num = nconv + 1
+  resolution = 2 ** (num // 2 + 1)
+  channels = [shape_of(sd, f"synthesis.layer{2 * b}.weight", 4, what, noun)[-1]
+              for b in range(num // 2)]
+  spec = _make_spec(what, resolution=resolution, latent_dim=z_dim, w_dim=w_dim,
+                    mapping_layers=m_layers, mapping_fmaps=fmaps if m_layers > 1 else w_dim,
+                    channels=tuple(channels))
+  params, used = fill_params(spec, sd, _sd_table(spec), what, noun)
+  allowed = [r"truncation\.truncation", r"synthesis\.layer\d+\.filter\.kernel",
+             r"synthesis\.upsample\.kernel"]
+  left = leftovers(sd, used, allowed, what, noun, lod_keys=["synthesis.lod"])
+  return Conversion(spec=spec, params=params, leftover=left)
+
+
+CONVERTER = FamilyConverter(family="stylegan2", matches_state_dict=matches_state_dict,
+                            from_state_dict=from_state_dict, matches_tf=matches_tf,
+                            from_tf=from_tf)
+
+__all__ = ["CONVERTER", "from_state_dict", "from_tf", "matches_state_dict", "matches_tf"]

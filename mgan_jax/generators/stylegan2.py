@@ -1,0 +1,374 @@
+"""StyleGAN2 (Karras et al. 2020, config-f ``G_main`` with the 'skip' architecture) in Flax.
+
+Mapping network: PixelNorm(z), then ``mapping_layers`` dense layers
+``LeakyReLU_0.2((x @ W) / sqrt(fan_in) * 0.01 + b * 0.01) * sqrt(2)`` (TF ``apply_bias_act``:
+the sqrt(2) gain comes after the activation, unlike StyleGAN v1).
+
+Truncation: as StyleGAN v1 (``mgan_jax.generators.stylegan.truncate``), official psi 0.5 on all
+layers (``truncation_layers`` 18).
+
+Synthesis (``G_synthesis_stylegan2``, genforce ``StyleGAN2GeneratorNet``): ``L = 2 * log2(R) -
+2`` w+ entries; ``L - 1`` modulated conv layers and one ToRGB per resolution. Block b works at
+``4 * 2**b`` with ``channels[b]``:
+
+* "4x4/Const": the learned constant (1, 4, 4, C4), broadcast over the batch;
+* conv layer i (``i = 0 .. L-2``; 0 is "4x4/Conv", odd i the "{r}x{r}/Conv0_up" of block
+  ``(i+1)//2``, even i >= 2 its "Conv1"), styled by ``wp[:, i]``:
+  ``s = (w @ mod_weight) / sqrt(W) + mod_bias + 1`` (the +1 is applied at run time, as TF and
+  genforce do, so ``mod_bias`` is stored as in both checkpoints);
+  ``y = conv(x * s, weight / sqrt(Cin*k*k))`` then demodulation
+  ``y / sqrt(sum_{kh,kw,cin} (weight / sqrt(Cin*k*k) * s)^2 + 1e-8)`` -- exactly the official
+  per-sample ("fused_modulate") weights, computed as scale-input / scale-output;
+  up layers: the transposed conv with the flipped kernel (TF ``upsample_conv_2d``) written as a
+  correlation of the zero-inserted input (``lhs_dilation`` 2, padding 2) with the stored
+  kernel, then the FIR filter ``[1,3,3,1] x [1,3,3,1] / 64 * 4`` with padding 1;
+  then ``+ noise * noise_strength``, ``+ bias``, ``LeakyReLU(0.2) * sqrt(2)``;
+* "{r}x{r}/ToRGB" of block b, applied after conv layer 2b and styled by ``wp[:, 2b + 1]``:
+  modulated 1x1 conv without demodulation, + bias, linear; the skip image is
+  ``ToRGB_b(x) + upsample(image_{b-1})`` with upfirdn2d up x2 (zero insertion, FIR
+  ``[1,3,3,1]`` outer product / 64 * 4, padding (2, 1)). Output: the last image, raw.
+
+Parameter tree (TF variable names and layouts)::
+
+    {'mapping': {'Dense{i}': {'weight': (in, out), 'bias': (out,)}},
+     'dlatent_avg': (W,),
+     'synthesis': {'4x4': {'Const': {'const': (1, 4, 4, C4)},
+                           'Conv':  {'weight': (3, 3, C4, C4), 'bias': (C4,),
+                                     'noise_strength': (), 'mod_weight': (W, C4),
+                                     'mod_bias': (C4,)},
+                           'ToRGB': {'weight': (1, 1, C4, 3), 'bias': (3,),
+                                     'mod_weight': (W, C4), 'mod_bias': (C4,)}},
+                   '8x8': {'Conv0_up': {...}, 'Conv1': {...}, 'ToRGB': {...}}, ...,
+                   'noise0': (1, 4, 4, 1), ..., 'noise{L-2}': (1, R, R, 1)}}
+
+Splitting: ``layer`` = k is the number of conv layers run by G1 (k = 1..L-1). G1 uses
+``wp[:, :k]`` and G2 ``wp[:, k:]``. The features are a dict::
+
+    {'x':   (B, H, W, C)  output of conv layer k-1,
+     'img': (B, H, W, 3)  the skip image of the previous resolutions, already upsampled to H
+                          (zeros for the 4x4 block)}
+
+The ToRGB of x's own resolution is not in G1 (it is G2's first op when k-1 is even, so it sees
+the composed x). ``compose(features, alpha)`` weights the N codes' ``x`` by alpha (N, C) with
+the official 1/N (``mean_n x_n * alpha_n``) and averages their ``img`` (``mean_n img_n``).
+
+Noise: as StyleGAN v1, one entry per conv layer (L - 1 entries).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mgan_jax.generators.base import Array, Generator, Params, check_layer
+from mgan_jax.generators.stylegan import (BIAS_INIT, WEIGHT_INIT, MappingNetwork, _init_std,
+                                          conv2d, depthwise_filter, leaky_relu, log2_resolution,
+                                          normal_init, official_channels, random_params,
+                                          resolve_noise, truncate, truncation_args)
+
+#: Demodulation epsilon.
+DEMOD_EPS = 1e-8
+
+_K = np.array([1.0, 3.0, 3.0, 1.0], np.float32)
+#: FIR filter of every x2 upsampling, with the x4 gain (sum 4).
+FIR_UP = (np.outer(_K, _K) / np.sum(np.outer(_K, _K)) * 4.0).astype(np.float32)
+
+
+def upsample_fir2x(x: Array) -> Array:
+  """upfirdn2d x2 of NHWC x (official skip-image upsampling): (B, H, W, C) -> (B, 2H, 2W, C)."""
+  return depthwise_filter(x, FIR_UP, ((2, 2), (2, 2)), lhs_dilation=(2, 2))
+
+
+class _ModConv(nn.Module):
+  """Modulated conv. Params: weight (k, k, Cin, Cout), bias, mod_weight (W, Cin), mod_bias, and
+  noise_strength for conv layers (``demodulate=True``)."""
+  features: int
+  kernel: int
+  up: bool = False
+  demodulate: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array, w: Array, noise: Array | None = None) -> Array:
+    cin = x.shape[-1]
+    wdim = w.shape[-1]
+    weight = self.param("weight", WEIGHT_INIT, (self.kernel, self.kernel, cin, self.features))
+    bias = self.param("bias", BIAS_INIT, (self.features,))
+    mod_w = self.param("mod_weight", WEIGHT_INIT, (wdim, cin))
+    mod_b = self.param("mod_bias", BIAS_INIT, (cin,))
+    style = jnp.dot(w, mod_w) * (1.0 / math.sqrt(wdim)) + mod_b + 1.0         # (B, Cin)
+    weight = weight * (1.0 / math.sqrt(cin * self.kernel * self.kernel))
+    x = x * style[:, None, None, :]
+    if self.up:
+      x = conv2d(x, weight, padding=((2, 2), (2, 2)), lhs_dilation=(2, 2))
+      x = depthwise_filter(x, FIR_UP, ((1, 1), (1, 1)))
+    else:
+      p = self.kernel // 2
+      x = conv2d(x, weight, padding=((p, p), (p, p)))
+    if self.demodulate:
+      # sum over (kh, kw, cin) of (weight * style)^2 = style^2 @ sum_{kh,kw} weight^2
+      d = jnp.dot(jnp.square(style), jnp.sum(jnp.square(weight), axis=(0, 1)))  # (B, Cout)
+      x = x * jax.lax.rsqrt(d + DEMOD_EPS)[:, None, None, :]
+    if noise is not None:
+      strength = self.param("noise_strength", normal_init(0.3), ())
+      x = x + noise * strength
+    x = x + bias
+    if self.demodulate:                     # conv layers: lrelu * sqrt(2); ToRGB: linear
+      x = leaky_relu(x) * math.sqrt(2.0)
+    return x
+
+
+def _conv_name(i: int) -> tuple[str, str, bool]:
+  """(resolution scope, TF name, up?) of conv layer i."""
+  b = (i + 1) // 2
+  res = 4 * 2 ** b
+  if b == 0:
+    return "4x4", "Conv", False
+  return f"{res}x{res}", ("Conv0_up" if i % 2 else "Conv1"), bool(i % 2)
+
+
+class _Scope(nn.Module):
+  """A resolution scope ('4x4', ...) holding Const / Conv(0_up) / Conv1 / ToRGB."""
+  channels: int
+
+  @nn.compact
+  def __call__(self, op: str, *args: Any) -> Array:
+    if op == "const":
+      (batch,) = args
+      return _Const(self.channels, name="Const")(batch)
+    if op == "rgb":
+      x, w = args
+      return _ModConv(3, 1, demodulate=False, name="ToRGB")(x, w)
+    name, up, x, w, noise = args
+    return _ModConv(self.channels, 3, up=up, name=name)(x, w, noise)
+
+
+class _Const(nn.Module):
+  channels: int
+
+  @nn.compact
+  def __call__(self, batch: int) -> Array:
+    const = self.param("const", normal_init(1.0), (1, 4, 4, self.channels))
+    return jnp.broadcast_to(const, (batch, 4, 4, self.channels))
+
+
+class StyleGAN2Synthesis(nn.Module):
+  """Runs conv layers ``start..stop-1`` on the state {'x', 'img'} (see the module docstring),
+  and the final ToRGB if ``final``. ``state`` is None when ``start == 0``."""
+  channels: tuple[int, ...]
+  start: int = 0
+  stop: int = -1
+  final: bool = True
+
+  @nn.compact
+  def __call__(self, state: Mapping[str, Array] | None, wp: Array,
+               noise: Mapping[int, Any] | None) -> Any:
+    nconv = 2 * len(self.channels) - 1
+    stop = nconv if self.stop < 0 else self.stop
+    batch = wp.shape[0]
+    scopes: dict[str, _Scope] = {}
+
+    def scope(b: int) -> _Scope:
+      res = 4 * 2 ** b
+      key = f"{res}x{res}"
+      if key not in scopes:
+        scopes[key] = _Scope(self.channels[b], name=key)
+      return scopes[key]
+
+    if state is None:
+      x = scope(0)("const", batch)
+      img = jnp.zeros((batch, 4, 4, 3), x.dtype)
+    else:
+      x, img = state["x"], state["img"]
+    for i in range(nconv):
+      b = (i + 1) // 2
+      side = 4 * 2 ** b
+      buf = self.param(f"noise{i}", normal_init(1.0), (1, side, side, 1))
+      if not self.start <= i < stop:
+        continue
+      _, name, up = _conv_name(i)
+      if up:   # entering block b: finish block b-1's skip image with its ToRGB (wp[:, i])
+        img = upsample_fir2x(scope(b - 1)("rgb", x, wp[:, i]) + img)
+      n = buf if noise is None or noise.get(i) is None else noise[i]
+      x = scope(b)("conv", name, up, x, wp[:, i], n)
+    if self.final:
+      return scope(len(self.channels) - 1)("rgb", x, wp[:, nconv]) + img
+    return {"x": x, "img": img}
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleGAN2(Generator):
+  """StyleGAN2 config-f 'skip' generator spec.
+
+  Fields:
+    resolution: output side R (power of two >= 8).
+    latent_dim: size Z of z.
+    w_dim: size W of w (and of each w+ layer).
+    mapping_layers, mapping_fmaps: depth and hidden width of the mapping network.
+    channels: feature channels per resolution 4..R; empty means the official schedule
+      ``min(32768 // res, 512)``. Converters read it from the weights.
+    truncation_psi, truncation_layers: default truncation (official psi 0.5, 18 layers = all).
+  """
+
+  family = "stylegan2"
+  latent_spaces = ("z", "w", "wp")
+
+  resolution: int = 1024
+  latent_dim: int = 512
+  w_dim: int = 512
+  mapping_layers: int = 8
+  mapping_fmaps: int = 512
+  channels: tuple[int, ...] = ()
+  truncation_psi: float = 0.5
+  truncation_layers: int = 18
+
+  def __post_init__(self):
+    n = log2_resolution(self.resolution, "StyleGAN2")
+    if not self.channels:
+      object.__setattr__(self, "channels",
+                         official_channels(self.resolution, fmap_base=32768))
+    object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+    if len(self.channels) != n - 1:
+      raise ValueError(f"StyleGAN2 at resolution {self.resolution} needs {n - 1} channel counts "
+                       f"(resolutions 4..{self.resolution}), got {len(self.channels)}")
+    if (min(self.channels) < 1 or self.latent_dim < 1 or self.w_dim < 1
+        or self.mapping_layers < 1 or self.mapping_fmaps < 1):
+      raise ValueError(f"invalid StyleGAN2 sizes: {self}")
+
+  # ----- architecture facts ----------------------------------------------------------------
+  @property
+  def num_layers(self) -> int:
+    """Number L of w+ entries (official ``num_layers``); there are L - 1 conv layers."""
+    return 2 * len(self.channels)
+
+  @property
+  def num_conv_layers(self) -> int:
+    return self.num_layers - 1
+
+  def feature_shape(self, layer: int) -> tuple[int, int, int]:
+    """(H, W, C) of ``x``, the output of conv layer ``layer - 1``."""
+    check_layer(self, layer)
+    b = layer // 2
+    side = 4 * 2 ** b
+    return (side, side, self.channels[b])
+
+  def synthesis_input_shape(self) -> tuple[int, ...]:
+    return (self.num_layers, self.w_dim)
+
+  def noise_shapes(self) -> tuple[tuple[int, int, int, int], ...]:
+    """Shape (1, H, W, 1) of each conv layer's noise."""
+    return tuple((1, s, s, 1) for s in self._noise_sides())
+
+  def _noise_sides(self) -> tuple[int, ...]:
+    return tuple(4 * 2 ** ((i + 1) // 2) for i in range(self.num_conv_layers))
+
+  def _mapping_net(self) -> MappingNetwork:
+    return MappingNetwork(self.mapping_layers, self.mapping_fmaps, self.w_dim, style2=True)
+
+  def _synth(self, start: int, stop: int, final: bool) -> StyleGAN2Synthesis:
+    return StyleGAN2Synthesis(self.channels, start, stop, final)
+
+  # ----- parameters ------------------------------------------------------------------------
+  def init_params(self, key: Array) -> dict:
+    """Random parameters in the converted structure: weights ~ N(0, 1), biases ~ N(0, 0.1^2),
+    const and noise buffers ~ N(0, 1), noise strengths ~ N(0, 0.3^2), dlatent_avg ~
+    N(0, 0.5^2)."""
+    z = jnp.zeros((1, self.latent_dim), jnp.float32)
+    wp = jnp.zeros((1, self.num_layers, self.w_dim), jnp.float32)
+    k0 = jax.random.key(0)
+    shapes = {
+        "mapping": jax.eval_shape(self._mapping_net().init, k0, z)["params"],
+        "dlatent_avg": jax.ShapeDtypeStruct((self.w_dim,), jnp.float32),
+        "synthesis": jax.eval_shape(self._synth(0, self.num_conv_layers, True).init, k0, None,
+                                    wp, None)["params"]}
+    return random_params(shapes, key, _init_std)
+
+  # ----- latents ---------------------------------------------------------------------------
+  def mapping(self, params: Params, z: Array) -> Array:
+    """z (B, Z) -> w (B, W)."""
+    chex.assert_rank(z, 2)
+    chex.assert_axis_dimension(z, 1, self.latent_dim)
+    return self._mapping_net().apply({"params": params["mapping"]}, jnp.asarray(z, jnp.float32))
+
+  def truncate(self, params: Params, w: Array, *, truncation: Any = None) -> Array:
+    """w (B, W) or w+ (B, L, W) -> truncated w+ (B, L, W)."""
+    w = jnp.asarray(w, jnp.float32)
+    if w.ndim == 2:
+      chex.assert_axis_dimension(w, 1, self.w_dim)
+      w = jnp.broadcast_to(w[:, None, :], (w.shape[0], self.num_layers, self.w_dim))
+    chex.assert_shape(w, (None, self.num_layers, self.w_dim))
+    psi, layers = truncation_args(truncation, self.truncation_psi, self.truncation_layers)
+    return truncate(w, params["dlatent_avg"], psi, layers)
+
+  def to_synthesis_input(self, params: Params, latent: Array, *, space: str = "z",
+                         truncation: Any = None) -> Array:
+    """z -> mapping -> broadcast -> truncation; w -> broadcast -> truncation; wp unchanged.
+    Returns w+ (B, L, W)."""
+    if space == "z":
+      return self.truncate(params, self.mapping(params, latent), truncation=truncation)
+    if space == "w":
+      chex.assert_rank(latent, 2)
+      return self.truncate(params, latent, truncation=truncation)
+    if space == "wp":
+      chex.assert_shape(latent, (None, self.num_layers, self.w_dim))
+      return jnp.asarray(latent, jnp.float32)
+    raise ValueError(f"unknown latent space {space!r} for {self.family} (known: "
+                     f"{', '.join(self.latent_spaces)})")
+
+  # ----- forward ---------------------------------------------------------------------------
+  def _check_wp(self, wp: Array) -> Array:
+    chex.assert_shape(wp, (None, self.num_layers, self.w_dim))
+    return jnp.asarray(wp, jnp.float32)
+
+  def _run(self, params: Params, state: Any, wp: Array, start: int, stop: int, final: bool,
+           noise: Any) -> Any:
+    nz = resolve_noise(noise, self._noise_sides(), wp.shape[0], start, stop)
+    return self._synth(start, stop, final).apply({"params": params["synthesis"]}, state, wp, nz)
+
+  def head(self, params: Params, x: Array, layer: int, *, noise: Any = None) -> dict:
+    """G1: w+ (B, L, W) -> {'x': (B, H, W, C), 'img': (B, H, W, 3)} after ``layer`` conv
+    layers (uses ``x[:, :layer]``)."""
+    check_layer(self, layer)
+    wp = self._check_wp(x)
+    return self._run(params, None, wp, 0, layer, False, noise)
+
+  def tail(self, params: Params, features: Mapping[str, Array], layer: int, *,
+           latent: Array | None = None, noise: Any = None) -> Array:
+    """G2: features {'x', 'img'} after ``layer`` conv layers -> image (B, R, R, 3), styled by
+    ``latent[:, layer:]`` (``latent``: the full w+ (B, L, W))."""
+    check_layer(self, layer)
+    if latent is None:
+      raise ValueError("StyleGAN2 tail needs latent= (the w+ (B, L, W) whose layers >= "
+                       f"{layer} style the tail)")
+    wp = self._check_wp(latent)
+    h, w, c = self.feature_shape(layer)
+    if not isinstance(features, Mapping) or set(features) != {"x", "img"}:
+      raise ValueError("StyleGAN2 features must be a dict with keys 'x' and 'img'")
+    chex.assert_shape(features["x"], (None, h, w, c))
+    chex.assert_shape(features["img"], (None, h, w, 3))
+    state = {"x": jnp.asarray(features["x"], jnp.float32),
+             "img": jnp.asarray(features["img"], jnp.float32)}
+    return self._run(params, state, wp, layer, self.num_conv_layers, True, noise)
+
+  def synthesize(self, params: Params, x: Array, *, noise: Any = None) -> Array:
+    """w+ (B, L, W) -> image (B, R, R, 3), raw (no clamp)."""
+    wp = self._check_wp(x)
+    return self._run(params, None, wp, 0, self.num_conv_layers, True, noise)
+
+  def compose(self, features: Mapping[str, Array], alpha: Array) -> dict:
+    """N codes' features {'x': (N, H, W, C), 'img': (N, H, W, 3)} and alpha (N, C) ->
+    {'x': mean_n x_n * alpha_n, 'img': mean_n img_n}, each with a leading axis of 1."""
+    x, img = features["x"], features["img"]
+    chex.assert_rank(x, 4)
+    chex.assert_shape(alpha, (x.shape[0], x.shape[-1]))
+    return {"x": jnp.mean(x * alpha[:, None, None, :], axis=0)[None],
+            "img": jnp.mean(img, axis=0)[None]}
+
+
+__all__ = ["FIR_UP", "StyleGAN2", "StyleGAN2Synthesis", "upsample_fir2x"]
