@@ -1,0 +1,153 @@
+"""End to end: ``mgan_jax.app.main`` (the user mode of ``python -m mgan_jax.invert``) on the real
+default prior ``dcgan-faces64`` (fetched into the asset cache on first use), with few iterations
+and few codes. Runs share compiled programs (``runner._PROGRAMS``) where the settings agree."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mgan_jax import app, runner
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SAMPLE = EXAMPLES / "dcgan_sample_9001.png"
+SAMPLE2 = EXAMPLES / "dcgan_sample_9002.png"
+MASK = EXAMPLES / "mask_center.png"
+# Small settings shared by the tests so that they reuse one compiled program per task.
+TINY = ["--codes", "4", "--iterations", "8", "--chunk", "4", "--quiet"]
+
+
+def _png(path: Path) -> np.ndarray:
+  return np.asarray(Image.open(path))
+
+
+def _metrics(d: Path) -> dict:
+  return json.loads((d / "metrics.json").read_text())
+
+
+def _one_error_line(capsys) -> str:
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1, err
+  assert err[0].startswith("error: "), err
+  return err[0]
+
+
+def test_inpaint_outputs_reload_and_init_reproduces(tmp_path):
+  out = tmp_path / "out"
+  rc = app.main(["--image", str(SAMPLE), "--task", "inpaint", "--mask", str(MASK),
+                 "--out", str(out), *TINY])
+  assert rc == 0
+  d = out / SAMPLE.stem
+  assert sorted(p.name for p in d.iterdir()) == sorted(runner.OUTPUT_FILES)
+  assert not [p for p in out.iterdir()          # no temporaries left (the resume state stays)
+              if p.name.startswith(".") and p.name != ".mgan_jax_run"]
+  result, degraded, grid = _png(d / "result.png"), _png(d / "degraded.png"), _png(d / "grid.png")
+  assert result.shape == (64, 64, 3) and degraded.shape == (64, 64, 3)
+  assert grid.shape[0] == 68 and grid.shape[1] == 3 * 64 + 4 * 2      # input|degraded|result
+  hole = _png(MASK) > 127
+  assert np.all(np.abs(degraded[hole].astype(int) - 128) <= 1)        # holes are mid-gray
+  m = _metrics(d)
+  assert m["task"] == "inpaint" and m["settings"]["codes"] == 4
+  assert m["settings"]["method"] == "multi_z" and m["settings"]["layer"] == 1
+  assert np.isfinite(m["metrics"]["psnr"]) and 0 < m["metrics"]["ssim"] <= 1
+  assert len(m["trace"]) == 2 and m["trace"][-1]["iteration"] == 8
+  lat, meta = runner.load_latents(d / "latents.npz")
+  assert lat["z"].shape == (4, 100) and lat["alpha"].shape == (4, 512)
+  assert meta["method"] == "multi_z" and meta["layer"] == 1
+
+  # --init with 0 iterations re-renders the saved latents: the same result.png, bit for bit.
+  out2 = tmp_path / "again"
+  rc = app.main(["--image", str(SAMPLE), "--task", "inpaint", "--mask", str(MASK),
+                 "--init", str(d / "latents.npz"), "--iterations", "0", "--out", str(out2),
+                 "--quiet"])
+  assert rc == 0
+  np.testing.assert_array_equal(_png(out2 / SAMPLE.stem / "result.png"), result)
+  assert _metrics(out2 / SAMPLE.stem)["settings"]["codes"] == 4       # taken from the file
+
+
+def test_psnr_rises_and_multi_code_beats_single_z(tmp_path):
+  common = ["--image", str(SAMPLE2), "--iterations", "24", "--chunk", "8", "--quiet",
+            "--lr", "0.1"]
+  assert app.main([*common, "--codes", "8", "--out", str(tmp_path / "multi")]) == 0
+  assert app.main([*common, "--method", "z", "--out", str(tmp_path / "z")]) == 0
+  multi = _metrics(tmp_path / "multi" / SAMPLE2.stem)
+  single = _metrics(tmp_path / "z" / SAMPLE2.stem)
+  trace = [r["psnr"] for r in multi["trace"]]
+  assert trace[-1] > trace[0] + 1.0, trace
+  losses = [r["loss"] for r in multi["trace"]]
+  assert losses[-1] < losses[0]
+  assert single["settings"]["method"] == "z" and single["settings"]["layer"] is None
+  assert multi["metrics"]["psnr"] > single["metrics"]["psnr"] + 2.0, (
+      multi["metrics"]["psnr"], single["metrics"]["psnr"])
+
+
+def test_super_resolve_colorize_observed_and_denoise(tmp_path):
+  # Synthesised x4 low-res gray observation: degraded.png is 16x16 and gray, result 64x64.
+  out = tmp_path / "srcolor"
+  assert app.main(["--image", str(SAMPLE), "--task", "colorize,super-resolve", "--out", str(out),
+                   *TINY]) == 0
+  d = out / SAMPLE.stem
+  deg = _png(d / "degraded.png").astype(int)
+  assert deg.shape == (16, 16, 3) and np.abs(deg[..., 0] - deg[..., 2]).max() <= 1
+  assert _png(d / "result.png").shape == (64, 64, 3)
+  m = _metrics(d)
+  assert m["task"] == "colorize+super-resolve" and m["factor"] == 4
+  assert m["postprocess"] == "raw generator output"
+
+  # --observed: the low-res gray input is the observation itself; no clean metrics.
+  lowres = tmp_path / "lowres.png"
+  Image.fromarray(_png(d / "degraded.png")).save(lowres)
+  out_obs = tmp_path / "observed"
+  assert app.main(["--image", str(lowres), "--task", "super-resolve,colorize", "--observed",
+                   "--out", str(out_obs), *TINY]) == 0
+  mo = _metrics(out_obs / "lowres")
+  assert mo["mode"] == "observed" and "psnr" not in mo["metrics"]
+  assert mo["metrics"]["psnr_observed"] is not None
+
+  # Denoise with known noise positions: noisy pixels are masked out of the loss.
+  out_dn = tmp_path / "denoise"
+  assert app.main(["--image", str(SAMPLE), "--task", "denoise", "--noise", "0.2",
+                   "--noise-fraction", "0.3", "--out", str(out_dn), *TINY]) == 0
+  md = _metrics(out_dn / SAMPLE.stem)
+  assert md["noise_sigma"] == 0.2 and md["metrics"]["degraded_psnr"] < 30
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--image", "README_NOT_THERE.png"], "no such file"),
+    (["--image", str(EXAMPLES / "README.md")], "cannot read as an image"),
+    (["--image", str(SAMPLE), "--task", "inpaint", "--mask", "{small_mask}"],
+     "mask is 32x32 but 64x64 is needed"),
+    (["--image", str(SAMPLE), "--task", "deblur"], "unknown task 'deblur'"),
+    (["--image", str(SAMPLE), "--layer", "9"], "--layer 9 is not a composition layer"),
+    (["--image", str(SAMPLE), "--codes", "0"], "--codes must be >= 1"),
+    (["--image", str(SAMPLE), "--method", "z", "--codes", "3"], "--codes applies to multi-code"),
+    (["--image", "{big_image}"], "pass --fit resize or --fit center-crop"),
+    (["--image", str(SAMPLE), "--task", "inpaint"], "needs --mask"),
+])
+def test_bad_input_one_line_nothing_written(tmp_path, capsys, argv, expected):
+  small = tmp_path / "small_mask.png"
+  Image.fromarray(np.zeros((32, 32), np.uint8)).save(small)
+  big = tmp_path / "big.png"
+  Image.fromarray(np.zeros((80, 96, 3), np.uint8)).save(big)
+  argv = [a.format(small_mask=small, big_image=big) for a in argv]
+  out = tmp_path / "out"
+  rc = app.main([*argv, "--out", str(out), "--quiet"])
+  assert rc != 0
+  line = _one_error_line(capsys)
+  assert expected in line, line
+  assert not out.exists()
+
+
+def test_existing_output_is_refused_without_force(tmp_path, capsys):
+  out = tmp_path / "out"
+  (out / SAMPLE.stem).mkdir(parents=True)
+  (out / SAMPLE.stem / "result.png").write_bytes(b"user data")
+  rc = app.main(["--image", str(SAMPLE), "--out", str(out), *TINY])
+  assert rc != 0
+  assert "already holds outputs; pass --force" in _one_error_line(capsys)
+  assert (out / SAMPLE.stem / "result.png").read_bytes() == b"user data"
+  assert sorted(p.name for p in out.iterdir()) == [SAMPLE.stem]

@@ -1,0 +1,176 @@
+"""The batch runner (vmapped batches, padding, per-batch writing) and its helpers: inputs,
+fitting, latent files, atomic outputs, tasks, metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mgan_jax import app, imageio, metrics, runner, tasks
+from mgan_jax.errors import UserError
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+FACES = [EXAMPLES / f"dcgan_sample_{s}.png" for s in (9001, 9003, 9004)]
+TINY = ["--codes", "4", "--iterations", "8", "--chunk", "4", "--quiet"]   # as tests/test_app.py
+
+
+def test_batch_of_three_with_batch_size_two_equals_single_runs(tmp_path, monkeypatch):
+  seen_at_batch_start = []
+  start = runner.Progress.start_batch
+
+  def spy(self, index, names):
+    seen_at_batch_start.append(sorted(p.name for p in (tmp_path / "batch").glob("*")
+                                      if not p.name.startswith(".")))
+    return start(self, index, names)
+
+  monkeypatch.setattr(runner.Progress, "start_batch", spy)
+  assert app.main(["--image", *map(str, FACES), "--batch-size", "2",
+                   "--out", str(tmp_path / "batch"), *TINY]) == 0
+  # outputs of batch 1 exist before batch 2 starts; the padded tail image is not written
+  assert seen_at_batch_start == [[], [FACES[0].stem, FACES[1].stem]]
+  assert sorted(p.name for p in (tmp_path / "batch").iterdir()
+                if p.name != ".mgan_jax_run") == sorted(f.stem for f in FACES)  # + resume state
+  for f in FACES:
+    assert app.main(["--image", str(f), "--out", str(tmp_path / "single"), *TINY]) == 0
+    b = runner.load_latents(tmp_path / "batch" / f.stem / "latents.npz")[0]
+    s = runner.load_latents(tmp_path / "single" / f.stem / "latents.npz")[0]
+    for k in s:
+      np.testing.assert_allclose(b[k], s[k], atol=2e-4, rtol=1e-4)
+    mb = json.loads((tmp_path / "batch" / f.stem / "metrics.json").read_text())
+    ms = json.loads((tmp_path / "single" / f.stem / "metrics.json").read_text())
+    assert mb["batch_size"] == 2 and ms["batch_size"] == 1
+    assert abs(mb["metrics"]["psnr"] - ms["metrics"]["psnr"]) < 0.05
+    db = np.asarray(Image.open(tmp_path / "batch" / f.stem / "result.png"), int)
+    ds = np.asarray(Image.open(tmp_path / "single" / f.stem / "result.png"), int)
+    assert np.abs(db - ds).max() <= 1
+
+
+def test_chunk_plan_and_default_chunk():
+  assert runner.chunk_plan(10, 4) == [4, 4, 2]
+  assert runner.chunk_plan(0, 5) == []
+  assert runner.default_chunk(300) == 30
+  assert 300 % runner.default_chunk(300) == 0
+  assert runner.default_chunk(7) == 1
+  assert runner.default_chunk(997) == 100       # prime: no divisor near T/10
+
+
+def test_latents_file_round_trip_and_checks(tmp_path):
+  from mgan_jax.generators.dcgan import DCGAN
+  from mgan_jax.objective import LossConfig
+  from mgan_jax.optimize import OptimizerConfig
+  lat = {"z": np.random.default_rng(0).standard_normal((3, 100)).astype(np.float32),
+         "alpha": np.full((3, 256), 1 / 3, np.float32)}
+  runner.save_latents(tmp_path / "l.npz", lat, {"method": "multi_z", "layer": 2, "codes": 3})
+  got, meta = runner.load_latents(tmp_path / "l.npz")
+  np.testing.assert_array_equal(got["z"], lat["z"])
+  assert meta["format"] == runner.LATENTS_FORMAT and meta["layer"] == 2
+  s = runner.Settings("multi_z", 3, 2, LossConfig(perceptual_weight=0.0), OptimizerConfig(), 1, 1)
+  runner.check_latents(got, DCGAN(), s, what="x")
+  with pytest.raises(UserError, match="do not fit method 'multi_z'"):
+    runner.check_latents(got, DCGAN(), dataclasses.replace(s, layer=1), what="x")
+  np.save(tmp_path / "plain.npy", lat["z"])
+  with pytest.raises(UserError, match="not an mgan_jax latents file|cannot read latents"):
+    runner.load_latents(tmp_path / "plain.npy")
+
+
+def test_list_inputs_dirs_globs_lists_and_names(tmp_path):
+  a, b = tmp_path / "a", tmp_path / "b"
+  a.mkdir(), b.mkdir()
+  for d in (a, b):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "face.png")
+  (a / "notes.md").write_text("not an image")
+  (tmp_path / "list.txt").write_text("# faces\na/face.png\n\nb/face.png\n")
+  assert imageio.list_inputs([a]) == [a / "face.png"]
+  assert imageio.list_inputs([str(tmp_path / "*" / "face.png")]) == [a / "face.png",
+                                                                      b / "face.png"]
+  paths = imageio.list_inputs([tmp_path / "list.txt"])
+  assert paths == [tmp_path / "a" / "face.png", tmp_path / "b" / "face.png"]
+  names = imageio.output_names(paths)
+  assert len(set(names)) == 2 and all(n.startswith("face-") for n in names)
+  assert imageio.output_names(paths) == names                          # stable
+  with pytest.raises(UserError, match="given more than once"):
+    imageio.output_names([paths[0], paths[0]])
+  with pytest.raises(UserError, match="matches no file"):
+    imageio.list_inputs([str(tmp_path / "*.jpg")])
+
+
+def test_read_image_modes_and_fit(tmp_path):
+  g16 = tmp_path / "g16.png"
+  Image.fromarray(np.full((64, 64), 65535, np.uint16)).save(g16)
+  x, rep = imageio.read_image(g16, size=64)
+  assert x.shape == (64, 64, 3) and np.allclose(x, 1.0) and rep.op == "none"
+  rgba = tmp_path / "wide.png"
+  Image.fromarray(np.zeros((40, 100, 4), np.uint8)).save(rgba)
+  with pytest.raises(UserError, match=r"image is 100x40 but 64x64 is needed; pass --fit"):
+    imageio.read_image(rgba, size=64)
+  x, rep = imageio.read_image(rgba, size=64, fit="center-crop")
+  assert x.shape == (64, 64, 3) and rep.crop == (30, 0, 70, 40)
+  assert "center-cropped 100x40 to 40x40" in rep.note
+  x, rep = imageio.read_image(rgba, size=64, fit="resize")
+  assert "aspect ratio changed" in rep.note
+  m, _ = imageio.read_mask(EXAMPLES / "mask_center.png", size=32, fit="resize")
+  assert m.shape == (32, 32, 1) and set(np.unique(m)) <= {0.0, 1.0}
+
+
+def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
+  final = tmp_path / "x"
+  with pytest.raises(RuntimeError):
+    with imageio.atomic_directory(final) as d:
+      (d / "half.png").write_bytes(b"...")
+      raise RuntimeError("boom")
+  assert list(tmp_path.iterdir()) == []
+  with imageio.atomic_directory(final) as d:
+    (d / "a").write_text("1")
+  with pytest.raises(UserError, match="already holds outputs"):
+    with imageio.atomic_directory(final):
+      pass
+  with imageio.atomic_directory(final, force=True) as d:
+    (d / "b").write_text("2")
+  assert sorted(p.name for p in final.iterdir()) == ["b"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+
+
+def test_tasks_parse_degrade_and_postprocess():
+  spec = tasks.parse_task("super-resolve, colorize", factor=4)
+  assert spec.tasks == ("colorize", "super-resolve") and spec.label == "colorize+super-resolve"
+  assert tasks.parse_task("sr,colourization").tasks == ("colorize", "super-resolve")
+  assert tasks.parse_task("reconstruct,inpaint").tasks == ("inpaint",)
+  with pytest.raises(UserError, match="--factor 3 does not divide"):
+    tasks.parse_task("super-resolve", factor=3, resolution=64)
+  clean = np.random.default_rng(1).uniform(-1, 1, (64, 64, 3)).astype(np.float32)
+  obs = tasks.degrade(spec, clean)
+  assert obs.image.shape == (16, 16, 3) and obs.loss_mask is None
+  np.testing.assert_allclose(obs.image[..., 0], obs.image[..., 1], atol=1e-6)
+  dn = tasks.parse_task("denoise", noise=0.1, noise_fraction=0.5)
+  o1, o2 = tasks.degrade(dn, clean, seed=3), tasks.degrade(dn, clean, seed=3)
+  np.testing.assert_array_equal(o1.image, o2.image)                   # depends on content+seed
+  assert not np.array_equal(o1.image, tasks.degrade(dn, clean, seed=4).image)
+  assert 0.4 < o1.loss_mask.mean() < 0.6
+  assert np.all(o1.target[o1.loss_mask[..., 0] > 0] == 0)
+  col = tasks.parse_task("colorize")
+  gray = tasks.degrade(col, clean)
+  out, how = tasks.postprocess(col, clean[::-1], gray)
+  assert "luma" in how
+  # the result's luma is the observation's (BT.601)
+  y = lambda x: x @ np.array([0.299, 0.587, 0.114], np.float32)
+  np.testing.assert_allclose(y(out), y(gray.image), atol=1e-5)
+
+
+def test_metrics_match_the_formula():
+  rng = np.random.default_rng(0)
+  a = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+  b = np.clip(a.astype(int) + rng.integers(-5, 6, a.shape), 0, 255).astype(np.uint8)
+  mse = np.mean((a / 255.0 - b / 255.0) ** 2)
+  q = metrics.quality(a, b)
+  assert abs(q["psnr"] - (-10 * np.log10(mse))) < 1e-3
+  assert abs(metrics.psnr_numpy(a, b) - q["psnr"]) < 1e-3
+  assert 0.5 < q["ssim"] < 1.0
+  assert metrics.quality(a, a)["ssim"] == pytest.approx(1.0, abs=1e-5)
+  # [-1, 1] floats measure the same as their 8-bit images
+  assert metrics.psnr(imageio.from_uint8(a), imageio.from_uint8(b)) == pytest.approx(q["psnr"],
+                                                                                      abs=1e-3)
