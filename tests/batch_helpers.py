@@ -1,0 +1,73 @@
+"""Helpers shared by the batch / resume / distributed tests (not a test module).
+
+* ``tiny_problem()``: an in-process inversion problem on a random-weight 8x8 PGGAN (multi_z, 3
+  codes at layer 2, pixel MSE + L1, Adam): ``prepare(batch_items)`` and the loss, for
+  ``resume.run_resumable`` / ``sharding.optimize_batch``.
+* ``make_cli_inputs(root)``: the same PGGAN as a model directory (``checkpoint.save_model``) and
+  random 8x8 PNGs, for CLI subprocesses; ``CLI_FLAGS`` (small settings) and ``cli_env(devices)``
+  (CPU, forced host devices, fast compiles).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from mgan_jax import latents as lat_lib, objective, optimize
+from mgan_jax.generators.pggan import PGGAN
+
+ROOT = Path(__file__).resolve().parent.parent
+GEN = PGGAN(resolution=8, latent_dim=8, channels=(8, 8))
+
+#: Small CLI settings for the tiny PGGAN (no VGG, Adam, 2-step compiled chunks).
+CLI_FLAGS = ["--codes", "3", "--layer", "2", "--chunk", "4", "--perceptual-weight", "0",
+             "--optimizer", "adam", "--lr", "0.05"]
+
+
+def cli_env(devices: int = 2) -> dict:
+  """Environment of a CLI subprocess: CPU, ``devices`` forced host devices, fast compiles."""
+  return dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+              PYTHONPATH=str(ROOT))
+
+
+def make_cli_inputs(root, *, images: int = 5) -> tuple[Path, Path]:
+  """A random-weight 8x8 PGGAN model directory and ``images`` random 8x8 PNGs under ``root``.
+  Returns (model_dir, image_dir)."""
+  from PIL import Image
+
+  from mgan_jax.checkpoint import save_model
+  root = Path(root)
+  model = save_model(root / "model", GEN, GEN.init_params(jax.random.key(0)))
+  (root / "images").mkdir()
+  rng = np.random.default_rng(0)
+  for k in range(images):
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+        root / "images" / f"img{k}.png")
+  return Path(model), root / "images"
+
+
+def tiny_problem():
+  """(loss_fn, optimizer, prepare) for items named ``img<k>``: image k's target is a fixed
+  random image of seed k, its initial latents come from seed 1000 + k."""
+  params = GEN.init_params(jax.random.key(0))
+  cfg = objective.LossConfig(mse_weight=1.0, l1_weight=0.5, perceptual_weight=0.0)
+  loss_fn = objective.Objective(GEN, method="multi_z", layer=2, config=cfg)
+  opt = optimize.OptimizerConfig(name="adam", lr=0.05)
+
+  def stack(trees):
+    return jax.tree.map(lambda *x: np.stack([np.asarray(v) for v in x]), *trees)
+
+  def prepare(batch):
+    ks = [int(it[3:]) for it in batch]
+    tgts = [objective.make_target(
+        jax.random.uniform(jax.random.key(k), (1, 8, 8, 3), minval=-1, maxval=1), None,
+        config=cfg) for k in ks]
+    lats = [lat_lib.init_latents(GEN, params, jax.random.key(1000 + k), method="multi_z",
+                                 codes=3, layer=2) for k in ks]
+    return stack(lats), (stack(tgts), params, None)
+
+  return loss_fn, opt, prepare
