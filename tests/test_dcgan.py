@@ -83,11 +83,32 @@ def test_subpixel_rejects_non_exact_upsampling():
     conv_transpose_subpixel(jnp.zeros((1, 2, 2, 1)), jnp.zeros((4, 4, 1, 1)), stride=2, padding=0)
 
 
+try:  # jax >= 0.7 moved it to jax.extend.core
+  from jax.extend.core import jaxprs_in_params as _jaxprs_in_params
+except ImportError:  # pragma: no cover - older jax
+  from jax.core import jaxprs_in_params as _jaxprs_in_params
+
+
+def _convs(jaxpr):
+  """Every conv_general_dilated equation, including those inside sub-jaxprs (custom_vjp)."""
+  out = []
+  for e in jaxpr.eqns:
+    if e.primitive.name == "conv_general_dilated":
+      out.append(e)
+    for sub in _jaxprs_in_params(e.params):
+      out.extend(_convs(sub))
+  return out
+
+
 def test_forward_multiplies_no_dilation_zeros(small_params):
   jaxpr = jax.make_jaxpr(SMALL.synthesize)(small_params, jnp.zeros((2, 8)))
-  convs = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+  convs = _convs(jaxpr.jaxpr)
   assert len(convs) == len(SMALL.channels)   # stride-2 layers; block 0 is a dense product
   assert all(tuple(e.params["lhs_dilation"]) == (1, 1) for e in convs)
+  # the gradient w.r.t. the latent (what inversion differentiates) does not dilate either
+  grad = jax.make_jaxpr(jax.grad(lambda z: SMALL.synthesize(small_params, z).sum()))(
+      jnp.zeros((2, 8)))
+  assert all(tuple(e.params["lhs_dilation"]) == (1, 1) for e in _convs(grad.jaxpr))
 
 
 def test_head_tail_round_trip_and_compose_all_layers(small_params):

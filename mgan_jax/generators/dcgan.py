@@ -40,9 +40,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from mgan_jax.generators.base import Array, Generator, Params, check_layer
-
-_DN = ("NHWC", "HWIO", "NHWC")
+from mgan_jax.generators.base import Array, Generator, Params, check_layer, conv2d
 
 
 def conv_transpose_subpixel(x: Array, kernel: Array, *, stride: int, padding: int) -> Array:
@@ -75,7 +73,8 @@ def conv_transpose_subpixel(x: Array, kernel: Array, *, stride: int, padding: in
   xp = jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
   phase_kernels = jnp.concatenate(
       [kernel[t0[ry]::s, t0[rx]::s] for ry in range(s) for rx in range(s)], axis=-1)
-  y = jax.lax.conv_general_dilated(xp, phase_kernels, (1, 1), "VALID", dimension_numbers=_DN)
+  # base.conv2d: same forward, input gradient kept on XLA:CPU's fast path inside lax.scan.
+  y = conv2d(xp, phase_kernels, padding="VALID")
   y = y.reshape(*y.shape[:3], s, s, c)           # (B, H', W', ry, rx, C)
   rows = [jnp.stack([y[:, d[ry] + lo:d[ry] + lo + h, d[rx] + lo:d[rx] + lo + w, ry, rx]
                      for rx in range(s)], axis=3) for ry in range(s)]
