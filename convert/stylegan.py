@@ -227,6 +227,59 @@ def _sd_table(spec: StyleGAN, fused: Callable[[int], bool]) -> dict[str, tuple[s
   return t
 
 
+def tf_style_dims(net: Any, required: Mapping[str, Any], what: str
+                  ) -> tuple[dict[str, np.ndarray], dict, dict]:
+  """Shared reading of a StyleGAN / StyleGAN2 TF ``Gs``: checks the components and their
+  static_kwargs against ``required``, and reads every architecture number from the variables.
+
+  Returns (variables, synthesis static_kwargs, spec keyword arguments).
+  """
+  comps = dict(getattr(net, "components", None) or {})
+  for c in ("mapping", "synthesis"):
+    if c not in comps:
+      raise UserError(f"{what}: missing component {c!r}")
+  kw_s = tf_kwargs(net, "synthesis")
+  check_kwargs(kw_s, required, what)
+  check_kwargs(tf_kwargs(net, "mapping"), required, what)
+  var = tf_variables(net, what)
+  noun = "variable"
+  m_layers = count_indexed(var, r"mapping/Dense(\d+)/weight")
+  if m_layers < 1:
+    raise UserError(f"{what}: missing variable mapping/Dense0/weight")
+  z_dim, fmaps = shape_of(var, "mapping/Dense0/weight", 2, what, noun)
+  w_dim = shape_of(var, f"mapping/Dense{m_layers - 1}/weight", 2, what, noun)[1]
+  res = 8
+  while f"synthesis/{res}x{res}/Conv1/weight" in var:
+    res *= 2
+  resolution = res // 2
+  if resolution < 8:
+    raise UserError(f"{what}: missing variable synthesis/8x8/Conv1/weight")
+  if kw_s.get("resolution") not in (None, resolution):
+    raise UserError(f"{what}: static_kwargs resolution={kw_s['resolution']} but the variables "
+                    f"stop at {resolution}x{resolution}")
+  channels = [shape_of(var, "synthesis/4x4/Conv/weight", 4, what, noun)[-1]]
+  r = 8
+  while r <= resolution:
+    channels.append(shape_of(var, f"synthesis/{r}x{r}/Conv1/weight", 4, what, noun)[-1])
+    r *= 2
+  dims = dict(resolution=resolution, latent_dim=z_dim, w_dim=w_dim, mapping_layers=m_layers,
+              mapping_fmaps=fmaps if m_layers > 1 else w_dim, channels=tuple(channels))
+  return var, kw_s, dims
+
+
+def sd_mapping_dims(sd: Mapping[str, Any], what: str) -> dict:
+  """Mapping-network numbers of a genforce StyleGAN / StyleGAN2 state dict: the spec keyword
+  arguments latent_dim, w_dim, mapping_layers, mapping_fmaps."""
+  noun = "key"
+  m_layers = count_indexed(sd, r"mapping\.dense(\d+)\.fc\.weight")
+  if m_layers < 1:
+    raise UserError(f"{what}: missing key mapping.dense0.fc.weight")
+  fmaps, z_dim = shape_of(sd, "mapping.dense0.fc.weight", 2, what, noun)
+  w_dim = shape_of(sd, f"mapping.dense{m_layers - 1}.fc.weight", 2, what, noun)[0]
+  return dict(latent_dim=z_dim, w_dim=w_dim, mapping_layers=m_layers,
+              mapping_fmaps=fmaps if m_layers > 1 else w_dim)
+
+
 def _make_spec(what: str, **kw) -> StyleGAN:
   try:
     return StyleGAN(**kw)
@@ -251,40 +304,12 @@ def matches_tf(net: Any) -> bool:
 def from_tf(net: Any) -> Conversion:
   """TF ``Gs`` network stub (``G_style``) -> Conversion."""
   what = f"TF network {getattr(net, 'name', 'Gs')!r} (G_style)"
-  comps = dict(getattr(net, "components", None) or {})
-  for c in ("mapping", "synthesis"):
-    if c not in comps:
-      raise UserError(f"{what}: missing component {c!r}")
-  kw_s, kw_m = tf_kwargs(net, "synthesis"), tf_kwargs(net, "mapping")
-  check_kwargs(kw_s, _TF_REQUIRED, what)
-  check_kwargs(kw_m, _TF_REQUIRED, what)
+  var, kw_s, dims = tf_style_dims(net, _TF_REQUIRED, what)
+  noun = "variable"
   fused_scale = kw_s.get("fused_scale", "auto")
   if fused_scale not in ("auto", True, False):
     raise UserError(f"{what}: static_kwargs fused_scale={fused_scale!r} is not supported")
-  var = tf_variables(net, what)
-  noun = "variable"
-  m_layers = count_indexed(var, r"mapping/Dense(\d+)/weight")
-  if m_layers < 1:
-    raise UserError(f"{what}: missing variable mapping/Dense0/weight")
-  z_dim, fmaps = shape_of(var, "mapping/Dense0/weight", 2, what, noun)
-  w_dim = shape_of(var, f"mapping/Dense{m_layers - 1}/weight", 2, what, noun)[1]
-  res = 8
-  while f"synthesis/{res}x{res}/Conv1/weight" in var:
-    res *= 2
-  resolution = res // 2
-  if resolution < 8:
-    raise UserError(f"{what}: missing variable synthesis/8x8/Conv1/weight")
-  if kw_s.get("resolution") not in (None, resolution):
-    raise UserError(f"{what}: static_kwargs resolution={kw_s['resolution']} but the variables "
-                    f"stop at {resolution}x{resolution}")
-  channels = [shape_of(var, "synthesis/4x4/Conv/weight", 4, what, noun)[-1]]
-  r = 8
-  while r <= resolution:
-    channels.append(shape_of(var, f"synthesis/{r}x{r}/Conv1/weight", 4, what, noun)[-1])
-    r *= 2
-  spec = _make_spec(what, resolution=resolution, latent_dim=z_dim, w_dim=w_dim,
-                    mapping_layers=m_layers, mapping_fmaps=fmaps if m_layers > 1 else w_dim,
-                    channels=tuple(channels))
+  spec = _make_spec(what, **dims)
   fused = lambda i: _up_is_fused(4 * 2 ** (i // 2), fused_scale)  # noqa: E731
   params, used = fill_params(spec, var, _tf_table(spec, fused), what, noun)
   left = leftovers(var, used, [r"synthesis/ToRGB_lod[1-9]\d*/(weight|bias)"], what, noun,
@@ -303,11 +328,7 @@ def from_state_dict(sd: Mapping[str, Any]) -> Conversion:
   """genforce ``StyleGANGeneratorNet`` state dict (flat, numpy) -> Conversion."""
   what = "StyleGAN state dict"
   noun = "key"
-  m_layers = count_indexed(sd, r"mapping\.dense(\d+)\.fc\.weight")
-  if m_layers < 1:
-    raise UserError(f"{what}: missing key mapping.dense0.fc.weight")
-  fmaps, z_dim = shape_of(sd, "mapping.dense0.fc.weight", 2, what, noun)
-  w_dim = shape_of(sd, f"mapping.dense{m_layers - 1}.fc.weight", 2, what, noun)[0]
+  mapping = sd_mapping_dims(sd, what)
   num = count_indexed(sd, r"synthesis\.layer(\d+)\..*")
   if num < 4 or num % 2:
     raise UserError(f"{what}: found {num} synthesis layers (synthesis.layer0..layer{num - 1}); "
@@ -316,9 +337,7 @@ def from_state_dict(sd: Mapping[str, Any]) -> Conversion:
   resolution = 2 ** (num // 2 + 1)
   channels = [shape_of(sd, f"synthesis.layer{2 * b + 1}.conv.weight", 4, what, noun)[0]
               for b in range(num // 2)]
-  spec = _make_spec(what, resolution=resolution, latent_dim=z_dim, w_dim=w_dim,
-                    mapping_layers=m_layers, mapping_fmaps=fmaps if m_layers > 1 else w_dim,
-                    channels=tuple(channels))
+  spec = _make_spec(what, resolution=resolution, channels=tuple(channels), **mapping)
   fused = lambda i: f"synthesis.layer{i}.weight" in sd  # noqa: E731
   params, used = fill_params(spec, sd, _sd_table(spec, fused), what, noun)
   last = num // 2 - 1

@@ -26,8 +26,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from convert.registry import Conversion, FamilyConverter
-from convert.stylegan import (check_kwargs, count_indexed, fill_params, leftovers, shape_of,
-                              tf_kwargs, tf_variables)
+from convert.stylegan import (count_indexed, fill_params, leftovers,
+                              sd_mapping_dims, shape_of, tf_style_dims)
 from mgan_jax.errors import UserError
 from mgan_jax.generators.stylegan2 import StyleGAN2, _conv_name
 
@@ -107,37 +107,9 @@ def matches_tf(net: Any) -> bool:
 def from_tf(net: Any) -> Conversion:
   """TF ``Gs`` network stub (``G_main``) -> Conversion."""
   what = f"TF network {getattr(net, 'name', 'Gs')!r} (G_main)"
-  comps = dict(getattr(net, "components", None) or {})
-  for c in ("mapping", "synthesis"):
-    if c not in comps:
-      raise UserError(f"{what}: missing component {c!r}")
-  check_kwargs(tf_kwargs(net, "synthesis"), _TF_REQUIRED, what)
-  check_kwargs(tf_kwargs(net, "mapping"), _TF_REQUIRED, what)
-  kw_s = tf_kwargs(net, "synthesis")
-  var = tf_variables(net, what)
+  var, _, dims = tf_style_dims(net, _TF_REQUIRED, what)
   noun = "variable"
-  m_layers = count_indexed(var, r"mapping/Dense(\d+)/weight")
-  if m_layers < 1:
-    raise UserError(f"{what}: missing variable mapping/Dense0/weight")
-  z_dim, fmaps = shape_of(var, "mapping/Dense0/weight", 2, what, noun)
-  w_dim = shape_of(var, f"mapping/Dense{m_layers - 1}/weight", 2, what, noun)[1]
-  res = 8
-  while f"synthesis/{res}x{res}/Conv1/weight" in var:
-    res *= 2
-  resolution = res // 2
-  if resolution < 8:
-    raise UserError(f"{what}: missing variable synthesis/8x8/Conv1/weight")
-  if kw_s.get("resolution") not in (None, resolution):
-    raise UserError(f"{what}: static_kwargs resolution={kw_s['resolution']} but the variables "
-                    f"stop at {resolution}x{resolution}")
-  channels = [shape_of(var, "synthesis/4x4/Conv/weight", 4, what, noun)[-1]]
-  r = 8
-  while r <= resolution:
-    channels.append(shape_of(var, f"synthesis/{r}x{r}/Conv1/weight", 4, what, noun)[-1])
-    r *= 2
-  spec = _make_spec(what, resolution=resolution, latent_dim=z_dim, w_dim=w_dim,
-                    mapping_layers=m_layers, mapping_fmaps=fmaps if m_layers > 1 else w_dim,
-                    channels=tuple(channels))
+  spec = _make_spec(what, **dims)
   params, used = fill_params(spec, var, _tf_table(spec), what, noun)
   left = leftovers(var, used, [], what, noun, lod_keys=["lod", "synthesis/lod"])
   return Conversion(spec=spec, params=params, leftover=left)
@@ -153,11 +125,7 @@ def from_state_dict(sd: Mapping[str, Any]) -> Conversion:
   """genforce ``StyleGAN2GeneratorNet`` state dict (flat, numpy) -> Conversion."""
   what = "StyleGAN2 state dict"
   noun = "key"
-  m_layers = count_indexed(sd, r"mapping\.dense(\d+)\.fc\.weight")
-  if m_layers < 1:
-    raise UserError(f"{what}: missing key mapping.dense0.fc.weight")
-  fmaps, z_dim = shape_of(sd, "mapping.dense0.fc.weight", 2, what, noun)
-  w_dim = shape_of(sd, f"mapping.dense{m_layers - 1}.fc.weight", 2, what, noun)[0]
+  mapping = sd_mapping_dims(sd, what)
   nconv = count_indexed(sd, r"synthesis\.layer(\d+)\..*")
   if nconv < 3 or nconv % 2 == 0:
     raise UserError(f"{what}: found {nconv} conv layers (synthesis.layer0..layer{nconv - 1}); "
@@ -167,9 +135,7 @@ def from_state_dict(sd: Mapping[str, Any]) -> Conversion:
   resolution = 2 ** (num // 2 + 1)
   channels = [shape_of(sd, f"synthesis.layer{2 * b}.weight", 4, what, noun)[-1]
               for b in range(num // 2)]
-  spec = _make_spec(what, resolution=resolution, latent_dim=z_dim, w_dim=w_dim,
-                    mapping_layers=m_layers, mapping_fmaps=fmaps if m_layers > 1 else w_dim,
-                    channels=tuple(channels))
+  spec = _make_spec(what, resolution=resolution, channels=tuple(channels), **mapping)
   params, used = fill_params(spec, sd, _sd_table(spec), what, noun)
   allowed = [r"truncation\.truncation", r"synthesis\.layer\d+\.filter\.kernel",
              r"synthesis\.upsample\.kernel"]
