@@ -137,10 +137,12 @@ def _built(cfg: OptimizerConfig) -> optax.GradientTransformation:
 
 
 def scan_steps(loss_fn: Callable[..., Array], tx: optax.GradientTransformation, steps: int,
-               latents: Any, opt_state: Any, args: tuple) -> tuple[Any, Any, Array]:
+               latents: Any, opt_state: Any, args: tuple, *, unroll: int = 1
+               ) -> tuple[Any, Any, Array]:
   """``steps`` optimiser steps of one image (pure, un-jitted, vmap-able).
 
   Returns (latents, opt_state, losses (steps,)) with losses[i] = loss before step i.
+  ``unroll`` is passed to ``lax.scan`` (same result, different compiled loop).
   """
   grad_fn = jax.value_and_grad(loss_fn)
 
@@ -150,7 +152,8 @@ def scan_steps(loss_fn: Callable[..., Array], tx: optax.GradientTransformation, 
     updates, st = tx.update(grads, st, lat)
     return (optax.apply_updates(lat, updates), st), loss
 
-  (latents, opt_state), losses = jax.lax.scan(body, (latents, opt_state), None, length=steps)
+  (latents, opt_state), losses = jax.lax.scan(body, (latents, opt_state), None, length=steps,
+                                              unroll=unroll)
   return latents, opt_state, losses
 
 

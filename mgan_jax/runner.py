@@ -50,7 +50,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-import optax
 
 from mgan_jax import imageio, metrics, sharding, tasks
 from mgan_jax import resume as resume_lib
@@ -200,21 +199,8 @@ def _render_one(objective: objective_lib.Objective, gen_params, latents) -> jax.
 
 
 def _scan_steps(loss_fn, tx, steps: int, unroll: int, latents, opt_state, args):
-  """``optimize.scan_steps`` with lax.scan's ``unroll`` (the same step: value_and_grad, optax
-  update, apply_updates; losses[i] before step i)."""
-  if unroll == 1:
-    return optimize_lib.scan_steps(loss_fn, tx, steps, latents, opt_state, args)
-  grad_fn = jax.value_and_grad(loss_fn)
-
-  def body(carry, _):
-    lat, st = carry
-    loss, grads = grad_fn(lat, *args)
-    updates, st = tx.update(grads, st, lat)
-    return (optax.apply_updates(lat, updates), st), loss
-
-  (latents, opt_state), losses = jax.lax.scan(body, (latents, opt_state), None, length=steps,
-                                              unroll=unroll)
-  return latents, opt_state, losses
+  """``optimize.scan_steps`` with ``unroll`` positional, for the runner's static arguments."""
+  return optimize_lib.scan_steps(loss_fn, tx, steps, latents, opt_state, args, unroll=unroll)
 
 
 def _unroll(steps: int) -> int:
