@@ -411,8 +411,51 @@ def _init_std(path: str) -> float:
 
 # ----- the spec --------------------------------------------------------------------------------
 
+class StyleLatents:
+  """Latent handling shared by the style-based families (StyleGAN, StyleGAN2): the mapping
+  network, truncation towards ``dlatent_avg`` and the z / w / w+ spaces. Needs the spec fields
+  latent_dim, w_dim, truncation_psi, truncation_layers, the property num_layers and
+  ``_mapping_net()``."""
+
+  def mapping(self, params: Params, z: Array) -> Array:
+    """z (B, Z) -> w (B, W)."""
+    chex.assert_rank(z, 2)
+    chex.assert_axis_dimension(z, 1, self.latent_dim)
+    return self._mapping_net().apply({"params": params["mapping"]}, jnp.asarray(z, jnp.float32))
+
+  def truncate(self, params: Params, w: Array, *, truncation: Any = None) -> Array:
+    """w (B, W) or w+ (B, L, W) -> truncated w+ (B, L, W) (``truncation`` as in
+    ``to_synthesis_input``)."""
+    w = jnp.asarray(w, jnp.float32)
+    if w.ndim == 2:
+      chex.assert_axis_dimension(w, 1, self.w_dim)
+      w = jnp.broadcast_to(w[:, None, :], (w.shape[0], self.num_layers, self.w_dim))
+    chex.assert_shape(w, (None, self.num_layers, self.w_dim))
+    psi, layers = truncation_args(truncation, self.truncation_psi, self.truncation_layers)
+    return truncate(w, params["dlatent_avg"], psi, layers)
+
+  def to_synthesis_input(self, params: Params, latent: Array, *, space: str = "z",
+                         truncation: Any = None) -> Array:
+    """z (B, Z) -> mapping -> broadcast -> truncation; w (B, W) -> broadcast -> truncation;
+    wp (B, L, W) -> unchanged. Returns w+ (B, L, W)."""
+    if space == "z":
+      return self.truncate(params, self.mapping(params, latent), truncation=truncation)
+    if space == "w":
+      chex.assert_rank(latent, 2)
+      return self.truncate(params, latent, truncation=truncation)
+    if space == "wp":
+      chex.assert_shape(latent, (None, self.num_layers, self.w_dim))
+      return jnp.asarray(latent, jnp.float32)
+    raise ValueError(f"unknown latent space {space!r} for {self.family} (known: "
+                     f"{', '.join(self.latent_spaces)})")
+
+  def _check_wp(self, wp: Array) -> Array:
+    chex.assert_shape(wp, (None, self.num_layers, self.w_dim))
+    return jnp.asarray(wp, jnp.float32)
+
+
 @dataclasses.dataclass(frozen=True)
-class StyleGAN(Generator):
+class StyleGAN(StyleLatents, Generator):
   """StyleGAN v1 (``G_style``) spec.
 
   Fields:
@@ -498,44 +541,7 @@ class StyleGAN(Generator):
                                     None)["params"]}
     return random_params(shapes, key, _init_std)
 
-  # ----- latents ---------------------------------------------------------------------------
-  def mapping(self, params: Params, z: Array) -> Array:
-    """z (B, Z) -> w (B, W)."""
-    chex.assert_rank(z, 2)
-    chex.assert_axis_dimension(z, 1, self.latent_dim)
-    return self._mapping_net().apply({"params": params["mapping"]}, jnp.asarray(z, jnp.float32))
-
-  def truncate(self, params: Params, w: Array, *, truncation: Any = None) -> Array:
-    """w (B, W) or w+ (B, L, W) -> truncated w+ (B, L, W) (``truncation`` as in
-    ``to_synthesis_input``)."""
-    w = jnp.asarray(w, jnp.float32)
-    if w.ndim == 2:
-      chex.assert_axis_dimension(w, 1, self.w_dim)
-      w = jnp.broadcast_to(w[:, None, :], (w.shape[0], self.num_layers, self.w_dim))
-    chex.assert_shape(w, (None, self.num_layers, self.w_dim))
-    psi, layers = truncation_args(truncation, self.truncation_psi, self.truncation_layers)
-    return truncate(w, params["dlatent_avg"], psi, layers)
-
-  def to_synthesis_input(self, params: Params, latent: Array, *, space: str = "z",
-                         truncation: Any = None) -> Array:
-    """z (B, Z) -> mapping -> broadcast -> truncation; w (B, W) -> broadcast -> truncation;
-    wp (B, L, W) -> unchanged. Returns w+ (B, L, W)."""
-    if space == "z":
-      return self.truncate(params, self.mapping(params, latent), truncation=truncation)
-    if space == "w":
-      chex.assert_rank(latent, 2)
-      return self.truncate(params, latent, truncation=truncation)
-    if space == "wp":
-      chex.assert_shape(latent, (None, self.num_layers, self.w_dim))
-      return jnp.asarray(latent, jnp.float32)
-    raise ValueError(f"unknown latent space {space!r} for {self.family} (known: "
-                     f"{', '.join(self.latent_spaces)})")
-
   # ----- forward ---------------------------------------------------------------------------
-  def _check_wp(self, wp: Array) -> Array:
-    chex.assert_shape(wp, (None, self.num_layers, self.w_dim))
-    return jnp.asarray(wp, jnp.float32)
-
   def _run(self, params: Params, x: Array | None, wp: Array, start: int, stop: int,
            to_rgb: bool, noise: Any) -> Array:
     nz = resolve_noise(noise, self._noise_sides(), wp.shape[0], start, stop)
@@ -567,5 +573,5 @@ class StyleGAN(Generator):
     return self._run(params, None, wp, 0, self.num_layers, True, noise)
 
 
-__all__ = ["MappingNetwork", "StyleGAN", "StyleGANSynthesis", "official_channels",
-           "resolve_noise", "truncate"]
+__all__ = ["MappingNetwork", "StyleGAN", "StyleGANSynthesis", "StyleLatents",
+           "official_channels", "resolve_noise", "truncate"]

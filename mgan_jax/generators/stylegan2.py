@@ -68,10 +68,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from mgan_jax.generators.base import Array, Generator, Params, check_layer
-from mgan_jax.generators.stylegan import (BIAS_INIT, WEIGHT_INIT, MappingNetwork, _init_std,
-                                          conv2d, depthwise_filter, leaky_relu, log2_resolution,
-                                          normal_init, official_channels, random_params,
-                                          resolve_noise, truncate, truncation_args)
+from mgan_jax.generators.stylegan import (BIAS_INIT, WEIGHT_INIT, MappingNetwork, StyleLatents,
+                                          _init_std, conv2d, depthwise_filter, leaky_relu,
+                                          log2_resolution, normal_init, official_channels,
+                                          random_params, resolve_noise)
 
 #: Demodulation epsilon.
 DEMOD_EPS = 1e-8
@@ -203,7 +203,7 @@ class StyleGAN2Synthesis(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class StyleGAN2(Generator):
+class StyleGAN2(StyleLatents, Generator):
   """StyleGAN2 config-f 'skip' generator spec.
 
   Fields:
@@ -289,43 +289,7 @@ class StyleGAN2(Generator):
                                     wp, None)["params"]}
     return random_params(shapes, key, _init_std)
 
-  # ----- latents ---------------------------------------------------------------------------
-  def mapping(self, params: Params, z: Array) -> Array:
-    """z (B, Z) -> w (B, W)."""
-    chex.assert_rank(z, 2)
-    chex.assert_axis_dimension(z, 1, self.latent_dim)
-    return self._mapping_net().apply({"params": params["mapping"]}, jnp.asarray(z, jnp.float32))
-
-  def truncate(self, params: Params, w: Array, *, truncation: Any = None) -> Array:
-    """w (B, W) or w+ (B, L, W) -> truncated w+ (B, L, W)."""
-    w = jnp.asarray(w, jnp.float32)
-    if w.ndim == 2:
-      chex.assert_axis_dimension(w, 1, self.w_dim)
-      w = jnp.broadcast_to(w[:, None, :], (w.shape[0], self.num_layers, self.w_dim))
-    chex.assert_shape(w, (None, self.num_layers, self.w_dim))
-    psi, layers = truncation_args(truncation, self.truncation_psi, self.truncation_layers)
-    return truncate(w, params["dlatent_avg"], psi, layers)
-
-  def to_synthesis_input(self, params: Params, latent: Array, *, space: str = "z",
-                         truncation: Any = None) -> Array:
-    """z -> mapping -> broadcast -> truncation; w -> broadcast -> truncation; wp unchanged.
-    Returns w+ (B, L, W)."""
-    if space == "z":
-      return self.truncate(params, self.mapping(params, latent), truncation=truncation)
-    if space == "w":
-      chex.assert_rank(latent, 2)
-      return self.truncate(params, latent, truncation=truncation)
-    if space == "wp":
-      chex.assert_shape(latent, (None, self.num_layers, self.w_dim))
-      return jnp.asarray(latent, jnp.float32)
-    raise ValueError(f"unknown latent space {space!r} for {self.family} (known: "
-                     f"{', '.join(self.latent_spaces)})")
-
   # ----- forward ---------------------------------------------------------------------------
-  def _check_wp(self, wp: Array) -> Array:
-    chex.assert_shape(wp, (None, self.num_layers, self.w_dim))
-    return jnp.asarray(wp, jnp.float32)
-
   def _run(self, params: Params, state: Any, wp: Array, start: int, stop: int, final: bool,
            noise: Any) -> Any:
     nz = resolve_noise(noise, self._noise_sides(), wp.shape[0], start, stop)
