@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mgan_jax.errors import UserError
-from mgan_jax.generators.base import conv2d
+from mgan_jax.generators.conv import conv2d
 from mgan_jax.operators import resize
 
 Array = jax.Array
@@ -123,8 +123,9 @@ def random_params(key: Array, *, layers: Sequence[str] | None = None) -> dict:
 def conv3x3(x: Array, kernel: Array) -> Array:
   """3x3 SAME (pad 1) cross-correlation, NHWC x HWIO -> NHWC (torch ``Conv2d(3, padding=1)``).
 
-  ``generators.base.conv2d``: the same forward as ``lax.conv_general_dilated`` with an input
-  gradient that stays on XLA:CPU's fast path inside ``lax.scan`` (the optimisation loop).
+  ``generators.conv.conv2d``: the values of ``lax.conv_general_dilated`` (direct, or Winograd
+  for the 256-channel layers on the CPU) with an input gradient that stays fast inside
+  ``lax.scan`` (the optimisation loop).
   """
   return conv2d(x, kernel, padding=((1, 1), (1, 1)))
 

@@ -252,27 +252,3 @@ def test_research_variant_softmax_compose_l1_only_optimises():
                     optimizer=OP.OptimizerConfig(name="adam", lr=0.05), iterations=30, chunk=30)
   assert np.all(np.isfinite(res.losses))
   assert res.losses[-1] < 0.6 * res.losses[0]
-
-
-def test_conv_helpers_match_lax_values_and_gradients():
-  from mgan_jax.generators.base import conv2d, upsample_conv2d
-  k1, k2, k3 = jax.random.split(jax.random.key(20), 3)
-  x = jax.random.normal(k1, (2, 5, 6, 3))
-  w = jax.random.normal(k2, (3, 3, 3, 4))
-  ref = lambda x, w, pad: jax.lax.conv_general_dilated(
-      x, w, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  up = lambda x: jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-  cases = [(lambda x, w: conv2d(x, w), lambda x, w: ref(x, w, "SAME"), (2, 5, 6, 4)),
-           (lambda x, w: conv2d(x, w[:2], padding=((1, 0), (0, 2))),
-            lambda x, w: ref(x, w[:2], ((1, 0), (0, 2))), (2, 5, 6, 4)),
-           (upsample_conv2d, lambda x, w: ref(up(x), w, "SAME"), (2, 10, 12, 4))]
-  for mine, theirs, shape in cases:
-    cot = jax.random.normal(k3, shape)
-    vg = lambda f: jax.jit(jax.value_and_grad(lambda *a: jnp.sum(f(*a) * cot), argnums=(0, 1)))
-    (v1, g1), (v2, g2) = vg(mine)(x, w), vg(theirs)(x, w)
-    np.testing.assert_allclose(v1, v2, rtol=1e-5)
-    for a, b in zip(g1, g2):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(mine(x, w), theirs(x, w), atol=1e-5)
-  with pytest.raises(ValueError):
-    conv2d(x, w, padding=((3, 0), (0, 0)))

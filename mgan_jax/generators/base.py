@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import functools
 from typing import Any, ClassVar, Mapping, Sequence
 
 import jax
@@ -150,84 +149,3 @@ def check_layer(gen: Generator, layer: int) -> int:
     raise ValueError(f"layer {layer} is not a valid split point of this {gen.family} generator "
                      f"(valid: {valid[0]}..{valid[-1]})")
   return layer
-
-
-# ----- convolution helpers for generator families (added with the inversion engine) ----------
-#
-# XLA:CPU runs JAX's default input-gradient of a convolution (a conv whose kernel dims are
-# ``01oi``) about 3x slower inside ``while`` loops -- and the inversion loop is a ``lax.scan``.
-# ``conv2d`` computes the same forward but writes its input gradient as a forward conv with the
-# explicitly flipped and transposed kernel, which stays on the fast path there (measured: a
-# 256x256x64 conv's gradient in a scan 4x faster). ``upsample_conv2d`` is "nearest x2 upsample,
-# then 3x3 SAME conv" (PGGAN Conv0, StyleGAN Conv0_up) computed as four 2x2 sub-pixel convs at
-# the input resolution: 16/36 of the multiply-adds, same result up to float rounding.
-
-def _conv_raw(x: Array, w: Array, padding) -> Array:
-  return jax.lax.conv_general_dilated(x, w, (1, 1), padding,
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_pad(x: Array, w: Array, padding: tuple) -> Array:
-  return _conv_raw(x, w, padding)
-
-
-def _conv_pad_fwd(x, w, padding):
-  return _conv_raw(x, w, padding), (x, w)
-
-
-def _conv_pad_bwd(padding, res, g):
-  x, w = res
-  kh, kw = w.shape[:2]
-  (t, b), (l, r) = padding
-  dx = _conv_raw(g, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2),
-                 ((kh - 1 - t, kh - 1 - b), (kw - 1 - l, kw - 1 - r)))
-  _, vjp_w = jax.vjp(lambda k: _conv_raw(x, k, padding), w)  # dropped by XLA if w is constant
-  return dx, vjp_w(g)[0]
-
-
-_conv_pad.defvjp(_conv_pad_fwd, _conv_pad_bwd)
-
-
-def conv2d(x: Array, w: Array, *, padding: Any = "SAME") -> Array:
-  """Stride-1 cross-correlation, x (B, H, W, Cin) NHWC, w (kh, kw, Cin, Cout) HWIO.
-
-  ``padding``: ``'SAME'`` (odd kernels: (k-1)/2 each side), ``'VALID'`` or
-  ``((top, bottom), (left, right))`` with every entry in [0, k-1]. Same values and gradients as
-  ``lax.conv_general_dilated``; see the note above for why the gradient is custom.
-  """
-  kh, kw = w.shape[:2]
-  if padding == "SAME":
-    if kh % 2 == 0 or kw % 2 == 0:
-      raise ValueError("conv2d padding='SAME' needs odd kernel sizes; give explicit padding")
-    padding = (((kh - 1) // 2,) * 2, ((kw - 1) // 2,) * 2)
-  elif padding == "VALID":
-    padding = ((0, 0), (0, 0))
-  padding = tuple(tuple(int(v) for v in p) for p in padding)
-  if any(not 0 <= v <= k - 1 for p, k in zip(padding, (kh, kw)) for v in p):
-    raise ValueError(f"conv2d padding {padding} must lie in [0, k-1] for a {kh}x{kw} kernel")
-  return _conv_pad(x, w, padding)
-
-
-def upsample_conv2d(x: Array, w: Array) -> Array:
-  """Nearest x2 upsampling followed by a 3x3 SAME conv: (B, H, W, Cin) -> (B, 2H, 2W, Cout).
-
-  Output pixel (2i+a, 2j+b) sees input rows {i-1, i} (a=0) or {i, i+1} (a=1) with the 3x3 taps
-  merged to 2 per axis ([w0, w1+w2] or [w0+w1, w2]), so each of the 4 phases is a 2x2 conv at
-  the input resolution.
-  """
-  if w.shape[:2] != (3, 3):
-    raise ValueError(f"upsample_conv2d takes a 3x3 kernel, got {w.shape[:2]}")
-
-  def merge(k, phase, axis):
-    k0, k1, k2 = (jnp.take(k, t, axis=axis) for t in range(3))
-    return jnp.stack([k0, k1 + k2] if phase == 0 else [k0 + k1, k2], axis=axis)
-
-  rows = []
-  for a in (0, 1):
-    ka = merge(w, a, 0)
-    cols = [conv2d(x, merge(ka, b, 1), padding=((1 - a, a), (1 - b, b))) for b in (0, 1)]
-    rows.append(jnp.stack(cols, axis=3))                    # (B, H, W, 2, Cout)
-  y = jnp.stack(rows, axis=2)                               # (B, H, 2, W, 2, Cout)
-  bsz, h, _, wd, _, c = y.shape
-  return y.reshape(bsz, 2 * h, 2 * wd, c)

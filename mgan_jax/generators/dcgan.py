@@ -40,7 +40,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from mgan_jax.generators.base import Array, Generator, Params, check_layer, conv2d
+from mgan_jax.generators.base import Array, Generator, Params, check_layer
+from mgan_jax.generators.conv import conv2d
 
 
 def conv_transpose_subpixel(x: Array, kernel: Array, *, stride: int, padding: int) -> Array:
@@ -73,7 +74,7 @@ def conv_transpose_subpixel(x: Array, kernel: Array, *, stride: int, padding: in
   xp = jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
   phase_kernels = jnp.concatenate(
       [kernel[t0[ry]::s, t0[rx]::s] for ry in range(s) for rx in range(s)], axis=-1)
-  # base.conv2d: same forward, input gradient kept on XLA:CPU's fast path inside lax.scan.
+  # generators.conv.conv2d: same forward, input gradient kept on XLA:CPU's fast path in lax.scan.
   y = conv2d(xp, phase_kernels, padding="VALID")
   y = y.reshape(*y.shape[:3], s, s, c)           # (B, H', W', ry, rx, C)
   rows = [jnp.stack([y[:, d[ry] + lo:d[ry] + lo + h, d[rx] + lo:d[rx] + lo + w, ry, rx]

@@ -59,8 +59,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mgan_jax.generators.base import (Array, Generator, Params, check_layer, conv2d,
-                                      upsample_conv2d)
+from mgan_jax.generators.base import Array, Generator, Params, check_layer
+from mgan_jax.generators.conv import conv2d, upsample_conv2d
 
 #: PixelNorm epsilon (TF ``pixelnorm_epsilon``, genforce ``PixelNormLayer``).
 PIXELNORM_EPS = 1e-8
@@ -128,7 +128,7 @@ class _Conv(nn.Module):
   """Equalized-LR SAME conv, NHWC activations, HWIO kernel, + bias (unscaled).
 
   ``upsample``: nearest x2 upsampling first, computed as four 2x2 sub-pixel convs at the input
-  resolution (``base.upsample_conv2d``, 16/36 of the multiply-adds, same result)."""
+  resolution or by Winograd (``generators.conv.upsample_conv2d``; same result)."""
   features: int
   kernel: int
   gain: float
