@@ -18,15 +18,27 @@ Prints ONE JSON line::
   by the core count it estimates the wall time of an idle machine when others compete for the
   cores (contention inflates ``sec_per_iter`` but hardly the CPU time).
 * ``compile_s``: ``lower + compile`` of the chunk function.
-* ``gflop_per_iter``: XLA's cost analysis of one compiled step (value_and_grad + update);
-  ``--flops-per-iter`` overrides it (the issue quotes 309 GFLOP/iteration for the official code,
-  which also re-runs VGG on the target and computes VGG weight gradients).
+* ``work_gflop_per_iter``: the work one iteration of the task needs, in the issue's terms:
+  309 GFLOP for the issue's setting (direct 3x3 convolutions, nearest upsampling then conv, G1 for
+  20 codes + G2 + VGG on two images, forward and input gradients); ``--work-gflop`` sets it for
+  other settings. ``effective_gflops`` = work / ``sec_per_iter`` and ``fraction_of_peak`` =
+  effective / matmul peak: the issue's efficiency measure (2.0 s/iteration on a 193 GFLOP/s
+  machine is 80 %).
+* ``executed_gflop_per_iter``: XLA's cost analysis of the compiled step (value_and_grad + update):
+  the arithmetic actually run, smaller than the work because of the algorithms chosen (target
+  features computed once, sub-pixel / Winograd convolutions, ``mgan_jax.generators.conv``);
+  ``executed_gflops`` and ``executed_fraction_of_peak`` use it.
 * ``matmul_peak_gflops``: best of a few float32 2048^3 matmuls measured in the same process.
-* ``peak_rss_mb``: ``ru_maxrss`` of the process, also after loading the weights, after compiling
-  and after the timed run (before the cost-analysis compile of one step).
+* ``peak_rss_mb``: ``ru_maxrss`` of the process after the timed run (setup, compile and run;
+  the later cost-analysis compile of one step is not counted), also given after setup and after
+  compiling. Freed heap memory is
+  handed back to the OS (glibc ``malloc_trim``) after setup and after compiling, as a long run
+  would want; ``--no-trim`` keeps it.
 
-Usage: ``python scripts/bench_invert.py [--iterations 5] [--codes 20] [--layer 6]``. Run it on
-an otherwise idle machine; on a shared machine the numbers are noisy (rerun and report the best).
+Usage: ``python scripts/bench_invert.py [--iterations 5] [--codes 20] [--layer 6]
+[--conv-algorithm auto|direct|winograd]``. Run it on an otherwise idle machine; on a shared
+machine the numbers are noisy (rerun and report the best). ``scripts/bench_official_torch.py``
+times the official PyTorch loop in the same setting on the same machine.
 """
 
 from __future__ import annotations
@@ -63,6 +75,20 @@ def matmul_peak(n: int = 2048, reps: int = 5) -> float:
   return 2 * n ** 3 / best / 1e9
 
 
+ISSUE_WORK_GFLOP = 309.0   # the issue's figure for PGGAN-256, N=20, layer 6, VGG at 256
+ISSUE_SETTING = {"resolution": 256, "codes": 20, "layer": 6, "vgg_size": 256}
+
+
+def trim_heap() -> bool:
+  """Return freed heap pages to the OS (glibc ``malloc_trim``); False where unavailable."""
+  try:
+    import ctypes
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return True
+  except (OSError, AttributeError):
+    return False
+
+
 def _flops(compiled) -> float | None:
   try:
     ca = compiled.cost_analysis()
@@ -82,8 +108,12 @@ def main(argv=None) -> int:
   p.add_argument("--vgg", default="auto",
                  help="'auto' (real weights if cached, else random), 'random', or a VGG path")
   p.add_argument("--vgg-size", type=int, default=256)
-  p.add_argument("--flops-per-iter", type=float, default=None,
-                 help="GFLOP per iteration to use instead of XLA's cost analysis")
+  p.add_argument("--work-gflop", type=float, default=None,
+                 help="GFLOP of work per iteration (default: the issue's 309 for its setting, "
+                      "else the executed count)")
+  p.add_argument("--conv-algorithm", default="auto", choices=("auto", "direct", "winograd"),
+                 help="mgan_jax.generators.conv.set_conv_algorithm")
+  p.add_argument("--no-trim", action="store_true", help="do not malloc_trim after setup/compile")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
 
@@ -91,7 +121,10 @@ def main(argv=None) -> int:
   from mgan_jax import objective as O
   from mgan_jax import optimize as OP
   from mgan_jax import perceptual as P
+  from mgan_jax.generators import conv
   from mgan_jax.generators.pggan import PGGAN
+
+  conv.set_conv_algorithm(args.conv_algorithm)
 
   peak_before = matmul_peak()
   key = jax.random.key(args.seed)
@@ -122,11 +155,14 @@ def main(argv=None) -> int:
   a = (target, gp, vgg)
 
   jax.block_until_ready(target)
+  trim = (lambda: None) if args.no_trim else trim_heap
+  trim()
   rss_setup = _rss_mb()
   # Compile the timed chunk (same static args as the measured call).
   t = time.perf_counter()
   compiled = OP.run_chunk.lower(obj, tx, args.iterations, lat, st, a).compile()
   compile_s = time.perf_counter() - t
+  trim()
   rss_compiled = _rss_mb()
 
   # Warm-up run (first execution allocations), then the timed run.
@@ -144,17 +180,21 @@ def main(argv=None) -> int:
     upd, st = tx.update(g, st, lat)
     return jax.tree.map(lambda x, u: x + u, lat, upd), st, loss
 
-  gflop = args.flops_per_iter
-  flops_source = "given"
-  if gflop is None:
-    f = _flops(jax.jit(one_step).lower(lat, st, a).compile())
-    gflop = f / 1e9 if f else None
-    flops_source = "xla cost analysis of one step"
+  f = _flops(jax.jit(one_step).lower(lat, st, a).compile())
+  executed = f / 1e9 if f else None
+  setting = {"resolution": args.resolution, "codes": args.codes, "layer": args.layer,
+             "vgg_size": args.vgg_size}
+  work, work_source = args.work_gflop, "given (--work-gflop)"
+  if work is None and setting == ISSUE_SETTING:
+    work, work_source = ISSUE_WORK_GFLOP, "the issue's figure for this setting"
+  elif work is None:
+    work, work_source = executed, "executed (XLA cost analysis)"
 
   peak_after = matmul_peak()
   peak = max(peak_before, peak_after)
-  rss_mb = _rss_mb()
-  achieved = gflop / sec if gflop else None
+  rss_mb = rss_run   # the inversion's peak; the cost-analysis compile above is not part of it
+  effective = work / sec if work else None
+  ran = executed / sec if executed else None
   out = {
       "sec_per_iter": round(sec, 4),
       "cpu_sec_per_iter": round(cpu_sec, 4),
@@ -163,15 +203,19 @@ def main(argv=None) -> int:
       "peak_rss_mb": round(rss_mb, 1),
       "peak_rss_mb_after_setup_compile_run": [round(rss_setup, 1), round(rss_compiled, 1),
                                               round(rss_run, 1)],
-      "gflop_per_iter": round(gflop, 2) if gflop else None,
-      "flops_source": flops_source,
-      "achieved_gflops": round(achieved, 2) if achieved else None,
+      "work_gflop_per_iter": round(work, 2) if work else None,
+      "work_source": work_source,
+      "effective_gflops": round(effective, 2) if effective else None,
+      "fraction_of_peak": round(effective / peak, 3) if effective else None,
+      "executed_gflop_per_iter": round(executed, 2) if executed else None,
+      "executed_gflops": round(ran, 2) if ran else None,
+      "executed_fraction_of_peak": round(ran / peak, 3) if ran else None,
       "matmul_peak_gflops": round(peak, 2),
       "matmul_peak_before_after": [round(peak_before, 2), round(peak_after, 2)],
-      "fraction_of_peak": round(achieved / peak, 3) if achieved else None,
       "loss_first_last": [float(losses[0]), float(losses[-1])],
       "setting": {"generator": f"pggan{args.resolution} official channels, random weights",
                   "codes": args.codes, "layer": args.layer, "iterations": args.iterations,
+                  "conv_algorithm": args.conv_algorithm, "heap_trim": not args.no_trim,
                   "vgg": vgg_source, "vgg_size": args.vgg_size, "optimizer": "sgd lr 1.0"},
       "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                   "loadavg_1m": os.getloadavg()[0], "jax": jax.__version__,
