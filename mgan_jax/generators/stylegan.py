@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import chex
 import flax.linen as nn
@@ -411,11 +411,72 @@ def _init_std(path: str) -> float:
 
 # ----- the spec --------------------------------------------------------------------------------
 
-class StyleLatents:
-  """Latent handling shared by the style-based families (StyleGAN, StyleGAN2): the mapping
-  network, truncation towards ``dlatent_avg`` and the z / w / w+ spaces. Needs the spec fields
-  latent_dim, w_dim, truncation_psi, truncation_layers, the property num_layers and
-  ``_mapping_net()``."""
+class StyleFamily:
+  """What the style-based families (StyleGAN, StyleGAN2) share: size checks and the official
+  channel schedule, the mapping network, truncation towards ``dlatent_avg``, the z / w / w+
+  spaces, noise shapes, random init and running a slice of the synthesis network.
+
+  Needs the spec fields resolution, latent_dim, w_dim, mapping_layers, mapping_fmaps, channels,
+  truncation_psi, truncation_layers; the class constant ``fmap_base``; the properties
+  num_layers (w+ entries) and num_synthesis_layers (the synthesis network's layers, which noise,
+  ``head`` and ``tail`` count); ``_noise_sides()``, ``_mapping_net()`` and
+  ``_synth(start, stop, final)``."""
+
+  fmap_base: ClassVar[int]   # official channels min(fmap_base // res, 512)
+
+  def __post_init__(self):
+    name = type(self).__name__
+    n = log2_resolution(self.resolution, name)
+    if not self.channels:
+      object.__setattr__(self, "channels",
+                         official_channels(self.resolution, fmap_base=self.fmap_base))
+    object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+    if len(self.channels) != n - 1:
+      raise ValueError(f"{name} at resolution {self.resolution} needs {n - 1} channel counts "
+                       f"(resolutions 4..{self.resolution}), got {len(self.channels)}")
+    if (min(self.channels) < 1 or self.latent_dim < 1 or self.w_dim < 1
+        or self.mapping_layers < 1 or self.mapping_fmaps < 1):
+      raise ValueError(f"invalid {name} sizes: {self}")
+
+  def synthesis_input_shape(self) -> tuple[int, ...]:
+    return (self.num_layers, self.w_dim)
+
+  def noise_shapes(self) -> tuple[tuple[int, int, int, int], ...]:
+    """Shape (1, H, W, 1) of each synthesis layer's noise."""
+    return tuple((1, s, s, 1) for s in self._noise_sides())
+
+  def init_params(self, key: Array) -> dict:
+    """Random parameters in the converted structure: weights ~ N(0, 1), biases ~ N(0, 0.1^2),
+    const and noise buffers ~ N(0, 1), noise weights ~ N(0, 0.3^2), dlatent_avg ~
+    N(0, 0.5^2)."""
+    z = jnp.zeros((1, self.latent_dim), jnp.float32)
+    wp = jnp.zeros((1, self.num_layers, self.w_dim), jnp.float32)
+    k0 = jax.random.key(0)
+    shapes = {
+        "mapping": jax.eval_shape(self._mapping_net().init, k0, z)["params"],
+        "dlatent_avg": jax.ShapeDtypeStruct((self.w_dim,), jnp.float32),
+        "synthesis": jax.eval_shape(self._synth(0, self.num_synthesis_layers, True).init, k0,
+                                    None, wp, None)["params"]}
+    return random_params(shapes, key, _init_std)
+
+  def _run(self, params: Params, state: Any, wp: Array, start: int, stop: int, final: bool,
+           noise: Any) -> Any:
+    """Synthesis layers ``start .. stop-1`` on ``state`` (None: from the const input)."""
+    nz = resolve_noise(noise, self._noise_sides(), wp.shape[0], start, stop)
+    return self._synth(start, stop, final).apply({"params": params["synthesis"]}, state, wp, nz)
+
+  def head(self, params: Params, x: Array, layer: int, *, noise: Any = None) -> Any:
+    """G1: w+ (B, L, W) -> the features after ``layer`` synthesis layers (uses
+    ``x[:, :layer]``): StyleGAN (B, H, W, C); StyleGAN2 {'x': (B, H, W, C), 'img':
+    (B, H, W, 3)}."""
+    check_layer(self, layer)
+    wp = self._check_wp(x)
+    return self._run(params, None, wp, 0, layer, False, noise)
+
+  def synthesize(self, params: Params, x: Array, *, noise: Any = None) -> Array:
+    """w+ (B, L, W) -> image (B, R, R, 3), raw (no clamp)."""
+    wp = self._check_wp(x)
+    return self._run(params, None, wp, 0, self.num_synthesis_layers, True, noise)
 
   def mapping(self, params: Params, z: Array) -> Array:
     """z (B, Z) -> w (B, W)."""
@@ -455,7 +516,7 @@ class StyleLatents:
 
 
 @dataclasses.dataclass(frozen=True)
-class StyleGAN(StyleLatents, Generator):
+class StyleGAN(StyleFamily, Generator):
   """StyleGAN v1 (``G_style``) spec.
 
   Fields:
@@ -472,6 +533,7 @@ class StyleGAN(StyleLatents, Generator):
 
   family = "stylegan"
   latent_spaces = ("z", "w", "wp")
+  fmap_base = 16384
 
   resolution: int = 1024
   latent_dim: int = 512
@@ -482,23 +544,15 @@ class StyleGAN(StyleLatents, Generator):
   truncation_psi: float = 0.7
   truncation_layers: int = 8
 
-  def __post_init__(self):
-    n = log2_resolution(self.resolution, "StyleGAN")
-    if not self.channels:
-      object.__setattr__(self, "channels", official_channels(self.resolution))
-    object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-    if len(self.channels) != n - 1:
-      raise ValueError(f"StyleGAN at resolution {self.resolution} needs {n - 1} channel counts "
-                       f"(resolutions 4..{self.resolution}), got {len(self.channels)}")
-    if (min(self.channels) < 1 or self.latent_dim < 1 or self.w_dim < 1
-        or self.mapping_layers < 1 or self.mapping_fmaps < 1):
-      raise ValueError(f"invalid StyleGAN sizes: {self}")
-
   # ----- architecture facts ----------------------------------------------------------------
   @property
   def num_layers(self) -> int:
     """Synthesis layers L = number of w+ entries (2 per resolution)."""
     return 2 * len(self.channels)
+
+  @property
+  def num_synthesis_layers(self) -> int:
+    return self.num_layers
 
   def split_layers(self) -> tuple[int, ...]:
     """1..L: k synthesis layers in G1 (k = L leaves only the ToRGB to G2)."""
@@ -511,13 +565,6 @@ class StyleGAN(StyleLatents, Generator):
     side = 4 * 2 ** b
     return (side, side, self.channels[b])
 
-  def synthesis_input_shape(self) -> tuple[int, ...]:
-    return (self.num_layers, self.w_dim)
-
-  def noise_shapes(self) -> tuple[tuple[int, int, int, int], ...]:
-    """Shape (1, H, W, 1) of each synthesis layer's noise."""
-    return tuple((1, s, s, 1) for s in self._noise_sides())
-
   def _noise_sides(self) -> tuple[int, ...]:
     return tuple(4 * 2 ** (i // 2) for i in range(self.num_layers))
 
@@ -527,32 +574,7 @@ class StyleGAN(StyleLatents, Generator):
   def _synth(self, start: int, stop: int, to_rgb: bool) -> StyleGANSynthesis:
     return StyleGANSynthesis(self.channels, start, stop, to_rgb)
 
-  # ----- parameters ------------------------------------------------------------------------
-  def init_params(self, key: Array) -> dict:
-    """Random parameters in the converted structure: weights ~ N(0, 1), biases ~ N(0, 0.1^2),
-    noise buffers and const ~ N(0, 1), noise weights ~ N(0, 0.3^2), dlatent_avg ~ N(0, 0.5^2)."""
-    z = jnp.zeros((1, self.latent_dim), jnp.float32)
-    wp = jnp.zeros((1, self.num_layers, self.w_dim), jnp.float32)
-    k0 = jax.random.key(0)
-    shapes = {
-        "mapping": jax.eval_shape(self._mapping_net().init, k0, z)["params"],
-        "dlatent_avg": jax.ShapeDtypeStruct((self.w_dim,), jnp.float32),
-        "synthesis": jax.eval_shape(self._synth(0, self.num_layers, True).init, k0, None, wp,
-                                    None)["params"]}
-    return random_params(shapes, key, _init_std)
-
-  # ----- forward ---------------------------------------------------------------------------
-  def _run(self, params: Params, x: Array | None, wp: Array, start: int, stop: int,
-           to_rgb: bool, noise: Any) -> Array:
-    nz = resolve_noise(noise, self._noise_sides(), wp.shape[0], start, stop)
-    return self._synth(start, stop, to_rgb).apply({"params": params["synthesis"]}, x, wp, nz)
-
-  def head(self, params: Params, x: Array, layer: int, *, noise: Any = None) -> Array:
-    """G1: w+ (B, L, W) -> features (B, H, W, C) after ``layer`` synthesis layers."""
-    check_layer(self, layer)
-    wp = self._check_wp(x)
-    return self._run(params, None, wp, 0, layer, False, noise)
-
+  # ----- forward (head, synthesize: StyleFamily) -------------------------------------------
   def tail(self, params: Params, features: Array, layer: int, *, latent: Array | None = None,
            noise: Any = None) -> Array:
     """G2: features (B, H, W, C) after ``layer`` layers -> image (B, R, R, 3), styled by
@@ -567,11 +589,6 @@ class StyleGAN(StyleLatents, Generator):
     return self._run(params, jnp.asarray(features, jnp.float32), wp, layer, self.num_layers,
                      True, noise)
 
-  def synthesize(self, params: Params, x: Array, *, noise: Any = None) -> Array:
-    """w+ (B, L, W) -> image (B, R, R, 3), raw (no clamp)."""
-    wp = self._check_wp(x)
-    return self._run(params, None, wp, 0, self.num_layers, True, noise)
 
-
-__all__ = ["MappingNetwork", "StyleGAN", "StyleGANSynthesis", "StyleLatents",
+__all__ = ["MappingNetwork", "StyleGAN", "StyleGANSynthesis", "StyleFamily",
            "official_channels", "resolve_noise", "truncate"]

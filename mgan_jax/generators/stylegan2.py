@@ -68,10 +68,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mgan_jax.generators.base import Array, Generator, Params, check_layer
-from mgan_jax.generators.stylegan import (BIAS_INIT, WEIGHT_INIT, MappingNetwork, StyleLatents,
-                                          _init_std, conv2d, depthwise_filter, leaky_relu,
-                                          log2_resolution, normal_init, official_channels,
-                                          random_params, resolve_noise)
+from mgan_jax.generators.stylegan import (BIAS_INIT, WEIGHT_INIT, MappingNetwork, StyleFamily,
+                                          conv2d, depthwise_filter, leaky_relu, normal_init)
 
 #: Demodulation epsilon.
 DEMOD_EPS = 1e-8
@@ -203,7 +201,7 @@ class StyleGAN2Synthesis(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class StyleGAN2(StyleLatents, Generator):
+class StyleGAN2(StyleFamily, Generator):
   """StyleGAN2 config-f 'skip' generator spec.
 
   Fields:
@@ -218,6 +216,7 @@ class StyleGAN2(StyleLatents, Generator):
 
   family = "stylegan2"
   latent_spaces = ("z", "w", "wp")
+  fmap_base = 32768
 
   resolution: int = 1024
   latent_dim: int = 512
@@ -227,19 +226,6 @@ class StyleGAN2(StyleLatents, Generator):
   channels: tuple[int, ...] = ()
   truncation_psi: float = 0.5
   truncation_layers: int = 18
-
-  def __post_init__(self):
-    n = log2_resolution(self.resolution, "StyleGAN2")
-    if not self.channels:
-      object.__setattr__(self, "channels",
-                         official_channels(self.resolution, fmap_base=32768))
-    object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-    if len(self.channels) != n - 1:
-      raise ValueError(f"StyleGAN2 at resolution {self.resolution} needs {n - 1} channel counts "
-                       f"(resolutions 4..{self.resolution}), got {len(self.channels)}")
-    if (min(self.channels) < 1 or self.latent_dim < 1 or self.w_dim < 1
-        or self.mapping_layers < 1 or self.mapping_fmaps < 1):
-      raise ValueError(f"invalid StyleGAN2 sizes: {self}")
 
   # ----- architecture facts ----------------------------------------------------------------
   @property
@@ -251,19 +237,16 @@ class StyleGAN2(StyleLatents, Generator):
   def num_conv_layers(self) -> int:
     return self.num_layers - 1
 
+  @property
+  def num_synthesis_layers(self) -> int:
+    return self.num_conv_layers
+
   def feature_shape(self, layer: int) -> tuple[int, int, int]:
     """(H, W, C) of ``x``, the output of conv layer ``layer - 1``."""
     check_layer(self, layer)
     b = layer // 2
     side = 4 * 2 ** b
     return (side, side, self.channels[b])
-
-  def synthesis_input_shape(self) -> tuple[int, ...]:
-    return (self.num_layers, self.w_dim)
-
-  def noise_shapes(self) -> tuple[tuple[int, int, int, int], ...]:
-    """Shape (1, H, W, 1) of each conv layer's noise."""
-    return tuple((1, s, s, 1) for s in self._noise_sides())
 
   def _noise_sides(self) -> tuple[int, ...]:
     return tuple(4 * 2 ** ((i + 1) // 2) for i in range(self.num_conv_layers))
@@ -274,34 +257,7 @@ class StyleGAN2(StyleLatents, Generator):
   def _synth(self, start: int, stop: int, final: bool) -> StyleGAN2Synthesis:
     return StyleGAN2Synthesis(self.channels, start, stop, final)
 
-  # ----- parameters ------------------------------------------------------------------------
-  def init_params(self, key: Array) -> dict:
-    """Random parameters in the converted structure: weights ~ N(0, 1), biases ~ N(0, 0.1^2),
-    const and noise buffers ~ N(0, 1), noise strengths ~ N(0, 0.3^2), dlatent_avg ~
-    N(0, 0.5^2)."""
-    z = jnp.zeros((1, self.latent_dim), jnp.float32)
-    wp = jnp.zeros((1, self.num_layers, self.w_dim), jnp.float32)
-    k0 = jax.random.key(0)
-    shapes = {
-        "mapping": jax.eval_shape(self._mapping_net().init, k0, z)["params"],
-        "dlatent_avg": jax.ShapeDtypeStruct((self.w_dim,), jnp.float32),
-        "synthesis": jax.eval_shape(self._synth(0, self.num_conv_layers, True).init, k0, None,
-                                    wp, None)["params"]}
-    return random_params(shapes, key, _init_std)
-
-  # ----- forward ---------------------------------------------------------------------------
-  def _run(self, params: Params, state: Any, wp: Array, start: int, stop: int, final: bool,
-           noise: Any) -> Any:
-    nz = resolve_noise(noise, self._noise_sides(), wp.shape[0], start, stop)
-    return self._synth(start, stop, final).apply({"params": params["synthesis"]}, state, wp, nz)
-
-  def head(self, params: Params, x: Array, layer: int, *, noise: Any = None) -> dict:
-    """G1: w+ (B, L, W) -> {'x': (B, H, W, C), 'img': (B, H, W, 3)} after ``layer`` conv
-    layers (uses ``x[:, :layer]``)."""
-    check_layer(self, layer)
-    wp = self._check_wp(x)
-    return self._run(params, None, wp, 0, layer, False, noise)
-
+  # ----- forward (head, synthesize: StyleFamily) -------------------------------------------
   def tail(self, params: Params, features: Mapping[str, Array], layer: int, *,
            latent: Array | None = None, noise: Any = None) -> Array:
     """G2: features {'x', 'img'} after ``layer`` conv layers -> image (B, R, R, 3), styled by
@@ -319,11 +275,6 @@ class StyleGAN2(StyleLatents, Generator):
     state = {"x": jnp.asarray(features["x"], jnp.float32),
              "img": jnp.asarray(features["img"], jnp.float32)}
     return self._run(params, state, wp, layer, self.num_conv_layers, True, noise)
-
-  def synthesize(self, params: Params, x: Array, *, noise: Any = None) -> Array:
-    """w+ (B, L, W) -> image (B, R, R, 3), raw (no clamp)."""
-    wp = self._check_wp(x)
-    return self._run(params, None, wp, 0, self.num_conv_layers, True, noise)
 
   def compose(self, features: Mapping[str, Array], alpha: Array) -> dict:
     """N codes' features {'x': (N, H, W, C), 'img': (N, H, W, 3)} and alpha (N, C) ->
