@@ -8,67 +8,39 @@ NVIDIA TF pickle layouts are converted with ``python -m convert`` (its ``main``)
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from convert import TFNetwork, flat_state_dict, read_gs, read_torch_file
-from convert.__main__ import main as convert_main
+from convert import flat_state_dict, read_gs, read_torch_file
 from convert.stylegan import CONVERTER, from_state_dict, from_tf
 from convert.stylegan2 import CONVERTER as CONVERTER2
-from mgan_jax.checkpoint import check_tree, flatten, load_model
+from mgan_jax.checkpoint import check_tree
 from mgan_jax.errors import UserError
 from mgan_jax.generators import spec_from_json
 from mgan_jax.generators.stylegan import StyleGAN
+from style_helpers import (FIXTURES, assert_official_forward, assert_same_params,
+                           convert_formats, load_ref, maxdiff, nhwc, noise_variants,
+                           random_model_split_check, with_component)
 
-FIXTURES = Path(__file__).parent / "fixtures"
 FORMATS = ("stylegan128.pth", "stylegan128_tf.pkl")
 TOL = 3e-4   # README: outputs reach about +-6, float64 rerun moves them by <= 2e-5
 
 
-def nhwc(x) -> np.ndarray:
-  return np.asarray(x).transpose(0, 2, 3, 1)
-
-
-def maxdiff(a, b) -> float:
-  return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-
-
 @pytest.fixture(scope="module")
 def ref():
-  with np.load(FIXTURES / "stylegan128_ref.npz") as d:
-    return {k: d[k] for k in d.files}
+  return load_ref("stylegan128_ref.npz")
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-  """Each fixture format converted once with `python -m convert`, then loaded."""
-  out = {}
-  for fmt in FORMATS:
-    d = tmp_path_factory.mktemp("stylegan") / fmt.replace(".", "_")
-    assert convert_main([str(FIXTURES / fmt), str(d)]) == 0
-    out[fmt] = load_model(d)
-  return out
+  return convert_formats(tmp_path_factory, FORMATS)
 
 
 @pytest.fixture(scope="module")
 def state_dict():
   return flat_state_dict(read_torch_file(FIXTURES / "stylegan128.pth"))
-
-
-@functools.partial(jax.jit, static_argnums=(0,))
-def _latents(spec, params, z):
-  w = spec.mapping(params, z)
-  return w, spec.truncate(params, w)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _generate(spec, params, latent, space):
-  return spec.generate(params, latent, space=space)
 
 
 def test_converted_spec_and_structure(models):
@@ -89,20 +61,12 @@ def test_converted_spec_and_structure(models):
     assert s["noise11"].shape == (1, 128, 128, 1)
     assert params["mapping"]["Dense0"]["weight"].shape == (128, 32)
   # both formats give bit-identical parameters (fused kernel flipped the same way)
-  a, b = (flatten(models[f][1]) for f in FORMATS)
-  assert sorted(a) == sorted(b)
-  for k in a:
-    np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
+  assert_same_params(models)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_matches_official_forward(models, ref, fmt):
-  spec, params = models[fmt]
-  w, wp = _latents(spec, params, ref["z"])
-  assert maxdiff(w, ref["w"]) <= 1e-4 * np.abs(ref["w"]).max()    # w is ~1e-3 here
-  assert maxdiff(wp, ref["wp_trunc"]) <= 1e-6
-  assert maxdiff(_generate(spec, params, ref["z"], "z"), nhwc(ref["images"])) <= TOL
-  assert maxdiff(_generate(spec, params, ref["wp_free"], "wp"), nhwc(ref["images_wp"])) <= TOL
+  assert_official_forward(*models[fmt], ref, TOL)
 
 
 def test_truncation_and_spaces(models, ref):
@@ -158,15 +122,7 @@ def test_noise_inputs(models, ref):
   wp = jnp.asarray(ref["wp_free"][:1])
   buffers = [params["synthesis"][f"noise{i}"] for i in range(spec.num_layers)]
   assert [tuple(b.shape) for b in buffers] == list(spec.noise_shapes())
-
-  @jax.jit
-  def run(params, wp, buffers, key):
-    return (spec.synthesize(params, wp),
-            spec.synthesize(params, wp, noise=buffers),
-            spec.synthesize(params, wp, noise=key),
-            spec.tail(params, spec.head(params, wp, 7, noise=key), 7, latent=wp, noise=key))
-
-  default, listed, rand, split = run(params, wp, buffers, jax.random.key(1))
+  default, listed, rand, split = noise_variants(spec, params, wp, buffers, jax.random.key(1), 7)
   assert maxdiff(default, nhwc(ref["images_wp"][:1])) <= TOL
   assert maxdiff(listed, default) <= 1e-6
   assert maxdiff(rand, default) > 1e-2
@@ -187,17 +143,7 @@ def test_init_params_structure(models):
                    channels=(16, 8, 4))
   p = small.init_params(jax.random.key(1))
   assert p["synthesis"]["16x16"]["Conv0_up"]["weight"].shape == (3, 3, 8, 4)
-
-  @jax.jit
-  def run(p, z):
-    wp = small.to_synthesis_input(p, z)
-    full = small.synthesize(p, wp)
-    return full, jnp.stack([jnp.max(jnp.abs(small.tail(p, small.head(p, wp, k), k, latent=wp)
-                                            - full)) for k in small.split_layers()])
-
-  img, diffs = run(p, jnp.ones((2, 16)))
-  assert img.shape == (2, 16, 16, 3) and bool(jnp.all(jnp.isfinite(img)))
-  assert float(diffs.max()) <= 1e-5
+  random_model_split_check(small, p)
 
 
 def test_state_dict_errors_and_leftovers(state_dict):
@@ -224,13 +170,7 @@ def test_tf_errors():
   gs = read_gs(FIXTURES / "stylegan128_tf.pkl")
   assert CONVERTER.matches_tf(gs) and not CONVERTER2.matches_tf(gs)
   synth = gs.components["synthesis"]
-
-  def with_synth_vars(variables):
-    s = TFNetwork(version=synth.version, name=synth.name, static_kwargs=synth.static_kwargs,
-                  build_func_name=synth.build_func_name, variables=variables)
-    return TFNetwork(version=gs.version, name=gs.name, static_kwargs=gs.static_kwargs,
-                     build_func_name=gs.build_func_name, variables=gs.variables,
-                     components={"mapping": gs.components["mapping"], "synthesis": s})
+  with_synth_vars = lambda variables: with_component(gs, "synthesis", variables)
 
   conv = from_tf(with_synth_vars(synth.variables))
   assert "synthesis/lod" in conv.leftover and "synthesis/ToRGB_lod1/weight" in conv.leftover
