@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from convert.registry import Conversion, FamilyConverter
+from convert.tf_pickle import tf_resolution
 from mgan_jax.errors import UserError
 from mgan_jax.generators.pggan import PGGAN
 
@@ -108,15 +109,7 @@ def from_tf(net: Any) -> Conversion:
   if kwargs.get("latent_size") not in (None, latent_dim):
     raise UserError(f"{what}: static_kwargs latent_size={kwargs['latent_size']} disagrees with "
                     f"4x4/Dense/weight {dense_w.shape} (label_size={label_dim})")
-  res = 8
-  while f"{res}x{res}/Conv1/weight" in variables:
-    res *= 2
-  resolution = res // 2
-  if resolution < 8:
-    raise UserError(f"{what}: missing variable 8x8/Conv1/weight")
-  if kwargs.get("resolution") not in (None, resolution):
-    raise UserError(f"{what}: static_kwargs resolution={kwargs['resolution']} but the "
-                    f"variables stop at {resolution}x{resolution}")
+  resolution = tf_resolution(variables, "", kwargs.get("resolution"), what)
   n = int(math.log2(resolution))
 
   channels = [dense_w.shape[1] // 16]

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from convert.registry import Conversion, FamilyConverter
+from convert.tf_pickle import tf_resolution
 from mgan_jax.errors import UserError
 from mgan_jax.generators.stylegan import StyleGAN, _layer_name
 
@@ -248,15 +249,7 @@ def tf_style_dims(net: Any, required: Mapping[str, Any], what: str
     raise UserError(f"{what}: missing variable mapping/Dense0/weight")
   z_dim, fmaps = shape_of(var, "mapping/Dense0/weight", 2, what, noun)
   w_dim = shape_of(var, f"mapping/Dense{m_layers - 1}/weight", 2, what, noun)[1]
-  res = 8
-  while f"synthesis/{res}x{res}/Conv1/weight" in var:
-    res *= 2
-  resolution = res // 2
-  if resolution < 8:
-    raise UserError(f"{what}: missing variable synthesis/8x8/Conv1/weight")
-  if kw_s.get("resolution") not in (None, resolution):
-    raise UserError(f"{what}: static_kwargs resolution={kw_s['resolution']} but the variables "
-                    f"stop at {resolution}x{resolution}")
+  resolution = tf_resolution(var, "synthesis/", kw_s.get("resolution"), what)
   channels = [shape_of(var, "synthesis/4x4/Conv/weight", 4, what, noun)[-1]]
   r = 8
   while r <= resolution:
@@ -280,9 +273,10 @@ def sd_mapping_dims(sd: Mapping[str, Any], what: str) -> dict:
               mapping_fmaps=fmaps if m_layers > 1 else w_dim)
 
 
-def _make_spec(what: str, **kw) -> StyleGAN:
+def make_spec(cls: type, what: str, **kw) -> Any:
+  """``cls(**kw)`` (a StyleGAN / StyleGAN2 spec), its ValueError as a UserError naming ``what``."""
   try:
-    return StyleGAN(**kw)
+    return cls(**kw)
   except ValueError as e:
     raise UserError(f"{what}: {e}") from None
 
@@ -309,7 +303,7 @@ def from_tf(net: Any) -> Conversion:
   fused_scale = kw_s.get("fused_scale", "auto")
   if fused_scale not in ("auto", True, False):
     raise UserError(f"{what}: static_kwargs fused_scale={fused_scale!r} is not supported")
-  spec = _make_spec(what, **dims)
+  spec = make_spec(StyleGAN, what, **dims)
   fused = lambda i: _up_is_fused(4 * 2 ** (i // 2), fused_scale)  # noqa: E731
   params, used = fill_params(spec, var, _tf_table(spec, fused), what, noun)
   left = leftovers(var, used, [r"synthesis/ToRGB_lod[1-9]\d*/(weight|bias)"], what, noun,
@@ -337,7 +331,7 @@ def from_state_dict(sd: Mapping[str, Any]) -> Conversion:
   resolution = 2 ** (num // 2 + 1)
   channels = [shape_of(sd, f"synthesis.layer{2 * b + 1}.conv.weight", 4, what, noun)[0]
               for b in range(num // 2)]
-  spec = _make_spec(what, resolution=resolution, channels=tuple(channels), **mapping)
+  spec = make_spec(StyleGAN, what, resolution=resolution, channels=tuple(channels), **mapping)
   fused = lambda i: f"synthesis.layer{i}.weight" in sd  # noqa: E731
   params, used = fill_params(spec, sd, _sd_table(spec, fused), what, noun)
   last = num // 2 - 1

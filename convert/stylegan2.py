@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from convert.registry import Conversion, FamilyConverter
-from convert.stylegan import (count_indexed, fill_params, leftovers,
+from convert.stylegan import (count_indexed, fill_params, leftovers, make_spec,
                               sd_mapping_dims, shape_of, tf_style_dims)
 from mgan_jax.errors import UserError
 from mgan_jax.generators.stylegan2 import StyleGAN2, _conv_name
@@ -81,13 +81,6 @@ def _sd_table(spec: StyleGAN2) -> dict[str, tuple[str, str]]:
   return t
 
 
-def _make_spec(what: str, **kw) -> StyleGAN2:
-  try:
-    return StyleGAN2(**kw)
-  except ValueError as e:
-    raise UserError(f"{what}: {e}") from None
-
-
 # ----- TF pickle ---------------------------------------------------------------------------------
 
 _TF_REQUIRED = {
@@ -109,7 +102,7 @@ def from_tf(net: Any) -> Conversion:
   what = f"TF network {getattr(net, 'name', 'Gs')!r} (G_main)"
   var, _, dims = tf_style_dims(net, _TF_REQUIRED, what)
   noun = "variable"
-  spec = _make_spec(what, **dims)
+  spec = make_spec(StyleGAN2, what, **dims)
   params, used = fill_params(spec, var, _tf_table(spec), what, noun)
   left = leftovers(var, used, [], what, noun, lod_keys=["lod", "synthesis/lod"])
   return Conversion(spec=spec, params=params, leftover=left)
@@ -135,7 +128,7 @@ def from_state_dict(sd: Mapping[str, Any]) -> Conversion:
   resolution = 2 ** (num // 2 + 1)
   channels = [shape_of(sd, f"synthesis.layer{2 * b}.weight", 4, what, noun)[-1]
               for b in range(num // 2)]
-  spec = _make_spec(what, resolution=resolution, channels=tuple(channels), **mapping)
+  spec = make_spec(StyleGAN2, what, resolution=resolution, channels=tuple(channels), **mapping)
   params, used = fill_params(spec, sd, _sd_table(spec), what, noun)
   allowed = [r"truncation\.truncation", r"synthesis\.layer\d+\.filter\.kernel",
              r"synthesis\.upsample\.kernel"]

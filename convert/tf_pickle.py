@@ -149,5 +149,22 @@ def read_gs(src: PathOrBytes, *, name: str | None = None) -> TFNetwork:
   return nets[2]
 
 
+def tf_resolution(names: Any, prefix: str, declared: Any, what: str) -> int:
+  """Output resolution of an NVIDIA PGGAN / StyleGAN generator from its variable names: the
+  largest R with ``{prefix}RxR/Conv1/weight`` for every R = 8, 16, ... (``names``: a container
+  of variable names). ``declared``: the pickle's ``resolution`` static kwarg (or None), which
+  must agree. Raises UserError naming ``what``."""
+  res = 8
+  while f"{prefix}{res}x{res}/Conv1/weight" in names:
+    res *= 2
+  resolution = res // 2
+  if resolution < 8:
+    raise UserError(f"{what}: missing variable {prefix}8x8/Conv1/weight")
+  if declared not in (None, resolution):
+    raise UserError(f"{what}: static_kwargs resolution={declared} but the variables stop at "
+                    f"{resolution}x{resolution}")
+  return resolution
+
+
 __all__ = ["TFNetwork", "TF_GLOBALS", "NETWORK_CLASSES", "load_pickle", "read_tf_pickle",
-           "read_gs"]
+           "read_gs", "tf_resolution"]
