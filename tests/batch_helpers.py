@@ -4,13 +4,16 @@
   codes at layer 2, pixel MSE + L1, Adam): ``prepare(batch_items)`` and the loss, for
   ``resume.run_resumable`` / ``sharding.optimize_batch``.
 * ``make_cli_inputs(root)``: the same PGGAN as a model directory (``checkpoint.save_model``) and
-  random 8x8 PNGs, for CLI subprocesses; ``CLI_FLAGS`` (small settings) and ``cli_env(devices)``
-  (CPU, forced host devices, fast compiles).
+  random 8x8 PNGs, for CLI subprocesses; ``CLI_FLAGS`` (small settings), ``cli_env(devices)``
+  (CPU, forced host devices, fast compiles) and ``start_cli(...)`` (a batch inversion
+  subprocess on them).
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -32,6 +35,17 @@ def cli_env(devices: int = 2) -> dict:
   return dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
               PYTHONPATH=str(ROOT))
+
+
+def start_cli(model, images, out, *extra: str, iterations: int,
+              checkpoint_every: int) -> subprocess.Popen:
+  """``python -m mgan_jax.invert`` on ``make_cli_inputs``' model and images (batch size 2,
+  ``CLI_FLAGS``, 2 host devices), started in the background with captured output."""
+  cmd = [sys.executable, "-m", "mgan_jax.invert", "--checkpoint", str(model), "--image",
+         str(images), "--batch-size", "2", "--iterations", str(iterations),
+         "--checkpoint-every", str(checkpoint_every), "--out", str(out), *CLI_FLAGS, *extra]
+  return subprocess.Popen(cmd, cwd=ROOT, env=cli_env(2), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
 
 
 def make_cli_inputs(root, *, images: int = 5) -> tuple[Path, Path]:

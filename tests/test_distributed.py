@@ -12,16 +12,12 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from batch_helpers import CLI_FLAGS, cli_env, make_cli_inputs
+from batch_helpers import make_cli_inputs, start_cli
 from mgan_jax import resume
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _free_port() -> int:
@@ -31,11 +27,7 @@ def _free_port() -> int:
 
 
 def _cli(model, images, out, *extra):
-  cmd = [sys.executable, "-m", "mgan_jax.invert", "--checkpoint", str(model), "--image",
-         str(images), "--batch-size", "2", "--iterations", "8", "--checkpoint-every", "4",
-         "--out", str(out), *CLI_FLAGS, *extra]
-  return subprocess.Popen(cmd, cwd=ROOT, env=cli_env(2), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  return start_cli(model, images, out, *extra, iterations=8, checkpoint_every=4)
 
 
 def _finish(proc) -> str:

@@ -13,25 +13,17 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from batch_helpers import CLI_FLAGS, cli_env, make_cli_inputs
+from batch_helpers import make_cli_inputs, start_cli
 from mgan_jax import resume
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cli(model, images, out, *extra):
-  cmd = [sys.executable, "-m", "mgan_jax.invert", "--checkpoint", str(model), "--image",
-         str(images), "--batch-size", "2", "--iterations", "24", "--checkpoint-every", "2",
-         "--out", str(out), *CLI_FLAGS, *extra]
-  return subprocess.Popen(cmd, cwd=ROOT, env=cli_env(2), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  return start_cli(model, images, out, *extra, iterations=24, checkpoint_every=2)
 
 
 def _finish(proc):
