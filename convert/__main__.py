@@ -16,7 +16,6 @@ import io
 import os
 import sys
 import tarfile
-import zipfile
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -25,7 +24,7 @@ from convert import registry
 from convert.safe_pickle import load_plain_pickle, open_source
 from convert.tf_pickle import TFNetwork, load_pickle
 from convert.torch_pth import (ZIP_MAGIC, find_state_dict, is_torch_legacy, is_torch_zip,
-                               read_torch_file)
+                               open_zip, read_torch_file)
 from mgan_jax.errors import UserError, cli_entry
 
 FAMILIES = ("pggan", "stylegan", "stylegan2", "dcgan")
@@ -92,11 +91,7 @@ def _read_payload(data: bytes, name: str) -> tuple[str, Any, str]:
 
 
 def _from_zip(data: bytes, name: str) -> Source:
-  try:
-    zf = zipfile.ZipFile(io.BytesIO(data))
-  except zipfile.BadZipFile as e:
-    raise UserError(f"{name}: not a readable zip archive ({e})") from None
-  with zf:
+  with open_zip(data, name) as zf:
     members = [i.filename for i in zf.infolist() if not i.is_dir()]
     member = next((m for m in KNOWN_ZIP_MEMBERS if m in members), None)
     if member is None:

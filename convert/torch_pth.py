@@ -296,12 +296,16 @@ def is_torch_legacy(data: bytes) -> bool:
   return isinstance(magic, int) and magic == LEGACY_MAGIC
 
 
-def _read_zip(data: bytes, name: str) -> Any:
+def open_zip(data: bytes, name: str) -> zipfile.ZipFile:
+  """The zip archive in ``data``; a UserError naming ``name`` if it is not one."""
   try:
-    zf = zipfile.ZipFile(io.BytesIO(data))
+    return zipfile.ZipFile(io.BytesIO(data))
   except zipfile.BadZipFile as e:
     raise UserError(f"{name}: not a readable zip archive ({e})") from None
-  with zf:
+
+
+def _read_zip(data: bytes, name: str) -> Any:
+  with open_zip(data, name) as zf:
     prefix = _zip_prefix(zf)
     if prefix is None:
       raise UserError(f"{name}: zip archive without data.pkl, not a torch.save file")
@@ -438,4 +442,4 @@ def flat_state_dict(obj: Any, *, name: str = "checkpoint") -> dict[str, np.ndarr
 
 
 __all__ = ["read_torch_file", "is_torch_zip", "is_torch_legacy", "find_state_dict",
-           "flat_state_dict", "TORCH_GLOBALS", "LEGACY_MAGIC", "WRAPPER_KEYS"]
+           "flat_state_dict", "open_zip", "TORCH_GLOBALS", "LEGACY_MAGIC", "WRAPPER_KEYS"]
