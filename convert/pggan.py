@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from convert.registry import Conversion, FamilyConverter
-from convert.tf_pickle import tf_resolution
+from convert.tf_pickle import check_lod, tf_resolution
 from mgan_jax.errors import UserError
 from mgan_jax.generators.pggan import PGGAN
 
@@ -40,16 +40,6 @@ def _check_shape(key: str, value: np.ndarray, shape: tuple[int, ...], what: str)
   if tuple(value.shape) != tuple(shape):
     raise UserError(f"{what}: wrong shape for {key}: expected {tuple(shape)}, "
                     f"got {tuple(value.shape)}")
-
-
-def _check_lod(key: str, value: Any, what: str) -> None:
-  v = np.asarray(value)
-  if v.size != 1:
-    raise UserError(f"{what}: {key} must be a scalar, got shape {v.shape}")
-  if float(v.reshape(())) != 0.0:
-    raise UserError(f"{what}: {key} = {float(v.reshape(()))} != 0: the progressive-growing "
-                    "blend (a network saved mid-training) is not supported; use a final "
-                    "generator (lod = 0)")
 
 
 def _resolution_from_blocks(num_blocks: int, what: str) -> int:
@@ -132,7 +122,7 @@ def from_tf(net: Any) -> Conversion:
     if name in used:
       continue
     if name == "lod":
-      _check_lod(name, variables[name], what)
+      check_lod(name, variables[name], what)
     elif not re.fullmatch(r"ToRGB_lod[1-9]\d*/(weight|bias)", name):
       raise UserError(f"{what}: unexpected variable {name}")
     leftover.append(name)
@@ -223,7 +213,7 @@ def from_state_dict(sd: Mapping[str, Any]) -> Conversion:
     if key in used:
       continue
     if key == "lod":
-      _check_lod(key, sd[key], what)
+      check_lod(key, sd[key], what)
     elif not key.startswith("output"):
       raise UserError(f"{what}: unexpected key {key} (model has {num_blocks} conv blocks)")
     elif int(_SD_KEY.fullmatch(key).group(2)) > final:

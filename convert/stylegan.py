@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from convert.registry import Conversion, FamilyConverter
-from convert.tf_pickle import tf_resolution
+from convert.tf_pickle import check_lod, tf_resolution
 from mgan_jax.errors import UserError
 from mgan_jax.generators.stylegan import StyleGAN, _layer_name
 
@@ -87,16 +87,6 @@ def fill_params(spec: Any, source: Mapping[str, Any], table: Mapping[str, tuple[
     set_path(params, path, np.array(fwd(value), dtype=np.float32, order="C"))
     used.add(key)
   return params, used
-
-
-def check_lod(key: str, value: Any, what: str) -> None:
-  v = np.asarray(value)
-  if v.size != 1:
-    raise UserError(f"{what}: {key} must be a scalar, got shape {v.shape}")
-  if float(v.reshape(())) != 0.0:
-    raise UserError(f"{what}: {key} = {float(v.reshape(()))} != 0: the progressive-growing "
-                    "blend (a network saved mid-training) is not supported; use a final "
-                    "generator (lod = 0)")
 
 
 def leftovers(source: Mapping[str, Any], used: set, allowed: Iterable[str], what: str,

@@ -149,6 +149,18 @@ def read_gs(src: PathOrBytes, *, name: str | None = None) -> TFNetwork:
   return nets[2]
 
 
+def check_lod(key: str, value: Any, what: str) -> None:
+  """The progressive-growing level ``lod`` (TF variable, or the genforce buffer copied from it)
+  must be the scalar 0 of a final generator; UserError naming ``what`` and ``key`` otherwise."""
+  v = np.asarray(value)
+  if v.size != 1:
+    raise UserError(f"{what}: {key} must be a scalar, got shape {v.shape}")
+  if float(v.reshape(())) != 0.0:
+    raise UserError(f"{what}: {key} = {float(v.reshape(()))} != 0: the progressive-growing "
+                    "blend (a network saved mid-training) is not supported; use a final "
+                    "generator (lod = 0)")
+
+
 def tf_resolution(names: Any, prefix: str, declared: Any, what: str) -> int:
   """Output resolution of an NVIDIA PGGAN / StyleGAN generator from its variable names: the
   largest R with ``{prefix}RxR/Conv1/weight`` for every R = 8, 16, ... (``names``: a container
@@ -167,4 +179,4 @@ def tf_resolution(names: Any, prefix: str, declared: Any, what: str) -> int:
 
 
 __all__ = ["TFNetwork", "TF_GLOBALS", "NETWORK_CLASSES", "load_pickle", "read_tf_pickle",
-           "read_gs", "tf_resolution"]
+           "read_gs", "check_lod", "tf_resolution"]
