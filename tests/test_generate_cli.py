@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,14 +10,12 @@ from PIL import Image
 
 from convert.__main__ import main as convert_main
 from mgan_jax.generate import image_grid, main, to_uint8
-
-FIXTURES = Path(__file__).parent / "fixtures"
+from parity_helpers import FIXTURES, load_ref
 
 
 @pytest.fixture(scope="module")
 def ref():
-  with np.load(FIXTURES / "pggan64_ref.npz") as d:
-    return {k: d[k] for k in d.files}
+  return load_ref("pggan64_ref.npz")
 
 
 @pytest.fixture(scope="module")

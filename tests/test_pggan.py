@@ -8,7 +8,6 @@ Golden values: tests/fixtures/pggan64_ref.npz (official genforce forward, see
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,37 +15,25 @@ import numpy as np
 import pytest
 
 from convert import TFNetwork, flat_state_dict, read_gs, read_torch_file
-from convert.__main__ import main as convert_main
 from convert.pggan import CONVERTER, from_state_dict, from_tf
-from mgan_jax.checkpoint import expected_params, flatten, load_model
+from mgan_jax.checkpoint import expected_params, flatten
 from mgan_jax.errors import UserError
 from mgan_jax.generators import family_class, spec_from_json
 from mgan_jax.generators.pggan import PGGAN, official_channels, param_names
+from parity_helpers import FIXTURES, assert_same_params, convert_formats, load_ref, nhwc
 
-FIXTURES = Path(__file__).parent / "fixtures"
 FORMATS = ("pggan64.pth", "pggan64_legacy.pth", "pggan64_tf.pkl")
 TOL = 1e-4
 
 
-def nhwc(x: np.ndarray) -> np.ndarray:
-  return np.asarray(x).transpose(0, 2, 3, 1)
-
-
 @pytest.fixture(scope="module")
 def ref():
-  with np.load(FIXTURES / "pggan64_ref.npz") as d:
-    return {k: d[k] for k in d.files}
+  return load_ref("pggan64_ref.npz")
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-  """Each fixture format converted once with `python -m convert`, then loaded."""
-  out = {}
-  for fmt in FORMATS:
-    d = tmp_path_factory.mktemp("pggan") / fmt.replace(".", "_")
-    assert convert_main([str(FIXTURES / fmt), str(d)]) == 0
-    out[fmt] = load_model(d)
-  return out
+  return convert_formats(tmp_path_factory, FORMATS)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
@@ -75,10 +62,7 @@ def test_converted_spec_and_structure(models):
     assert params["64x64"]["Conv0"]["weight"].shape == (3, 3, 64, 32)
     assert params["ToRGB"]["weight"].shape == (1, 1, 32, 3)
   # all three formats give bit-identical parameters
-  flat = {fmt: flatten(p) for fmt, (_, p) in models.items()}
-  for fmt in FORMATS[1:]:
-    for k, v in flat[FORMATS[0]].items():
-      np.testing.assert_array_equal(np.asarray(v), np.asarray(flat[fmt][k]), err_msg=f"{fmt} {k}")
+  assert_same_params(models)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

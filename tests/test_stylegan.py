@@ -20,9 +20,9 @@ from mgan_jax.checkpoint import check_tree
 from mgan_jax.errors import UserError
 from mgan_jax.generators import spec_from_json
 from mgan_jax.generators.stylegan import StyleGAN
-from style_helpers import (FIXTURES, assert_official_forward, assert_same_params,
-                           convert_formats, load_ref, maxdiff, nhwc, noise_variants,
-                           random_model_split_check, with_component)
+from parity_helpers import (FIXTURES, assert_official_forward, assert_same_params,
+                            convert_formats, load_ref, maxdiff, nhwc, noise_variants,
+                            random_model_split_check, with_component)
 
 FORMATS = ("stylegan128.pth", "stylegan128_tf.pkl")
 TOL = 3e-4   # README: outputs reach about +-6, float64 rerun moves them by <= 2e-5

@@ -22,9 +22,9 @@ from mgan_jax.checkpoint import check_tree
 from mgan_jax.errors import UserError
 from mgan_jax.generators import spec_from_json
 from mgan_jax.generators.stylegan2 import StyleGAN2
-from style_helpers import (FIXTURES, assert_official_forward, assert_same_params,
-                           convert_formats, load_ref, maxdiff, nhwc, noise_variants,
-                           random_model_split_check, with_component)
+from parity_helpers import (FIXTURES, assert_official_forward, assert_same_params,
+                            convert_formats, load_ref, maxdiff, nhwc, noise_variants,
+                            random_model_split_check, with_component)
 
 FORMATS = ("stylegan2_64.pth", "stylegan2_64_tf.pkl")
 TOL = 1e-4

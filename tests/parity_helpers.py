@@ -1,9 +1,10 @@
-"""Helpers shared by the StyleGAN and StyleGAN2 parity tests (not a test module).
+"""Helpers shared by the official-parity tests of the generator families (not a test module).
 
-Both test files check a family the same way: fixture weights in the genforce ``.pth`` and NVIDIA
-TF pickle layouts converted with ``python -m convert`` must give bit-identical parameters and
-reproduce the official w, truncated w+ and images; the split, noise and random-init checks run
-the same jitted programs. The family-specific assertions stay in the test files.
+Every family is checked the same way: the fixture weights in each official layout (genforce
+``.pth``, NVIDIA TF pickle) converted with ``python -m convert`` must give bit-identical
+parameters and reproduce the official outputs (NCHW in the fixtures). For StyleGAN and StyleGAN2
+the w / w+ comparison and the split, noise and random-init checks run the same jitted programs.
+The family-specific assertions stay in the test files.
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ def convert_formats(tmp_path_factory, formats: Sequence[str]) -> dict:
 
 def assert_same_params(models: dict) -> None:
   """Every format converts to bit-identical parameters."""
-  a, b = (flatten(params) for _, params in models.values())
-  assert sorted(a) == sorted(b)
-  for k in a:
-    np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
+  (first, a), *others = ((fmt, flatten(params)) for fmt, (_, params) in models.items())
+  for fmt, b in others:
+    assert sorted(a) == sorted(b), (first, fmt)
+    for k in a:
+      np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=f"{fmt} {k}")
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
