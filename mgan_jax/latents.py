@@ -105,14 +105,14 @@ def latent_shapes(gen: Generator, *, method: str, codes: int = 1,
   return out
 
 
-def init_latents(gen: Generator, params: Mapping, key: Array, *, method: str = "multi_z",
+def init_latents(key: Array, gen: Generator, params: Mapping, *, method: str = "multi_z",
                  codes: int = 20, layer: int | None = None, init: str = "official",
                  alpha_init: str = "official", truncation: Any = None) -> Latents:
   """Initial latents for one image.
 
   Args:
-    gen, params: the generator spec and its params.
     key: PRNG key (the only source of randomness; same key -> same latents).
+    gen, params: the generator spec and its params.
     method: one of ``METHODS``.
     codes: N, the number of codes (multi-code methods).
     layer: composition layer l (multi-code methods).

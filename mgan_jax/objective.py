@@ -210,6 +210,31 @@ class Objective:
                      layer=self.layer, config=self.config, truncation=self.truncation,
                      compose=self.compose)
 
+  @property
+  def renderer(self) -> "Renderer":
+    """The image of the latents this objective scores (same arguments as the objective)."""
+    return Renderer(gen=self.gen, method=self.method, layer=self.layer,
+                    truncation=self.truncation, compose=self.compose)
+
+
+@dataclasses.dataclass(frozen=True)
+class Renderer:
+  """``render`` with its static options bound, called with the objective's arguments:
+  ``Renderer(...)(latents, target, gen_params, vgg_params) -> (1, R, R, 3)`` (target and VGG
+  params unused). Hashable, so the engine can compile it into its programs."""
+
+  gen: Generator
+  method: str = "multi_z"
+  layer: int | None = None
+  truncation: Any = None
+  compose: Callable | None = None
+
+  def __call__(self, latents: Mapping, target: Any = None, gen_params: Mapping | None = None,
+               vgg_params: Mapping | None = None) -> Array:
+    del target, vgg_params
+    return render(self.gen, gen_params, latents, method=self.method, layer=self.layer,
+                  truncation=self.truncation, compose=self.compose)
+
 
 __all__ = ["LossConfig", "Target", "make_target", "target_features", "loss_terms", "image_loss",
-           "objective", "Objective", "MODES", "DISTANCES"]
+           "objective", "Objective", "Renderer", "MODES", "DISTANCES"]

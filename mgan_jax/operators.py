@@ -20,9 +20,10 @@ Operators (official semantics where the official code has the task):
   ``masked_loss``). Also the loss operator for denoising with known noise positions
   (``mask`` = 1 where a pixel is corrupted; the loss sees only the clean pixels).
 * ``Function(fn)`` -- any user function ``x -> x`` (static; hashed by identity).
-* ``compose(op1, op2, ...)`` -- a pipeline, applied **in the order given** (op1 first).
+* ``chain(op1, op2, ...)`` -- a pipeline, applied **in the order given** (op1 first). (Chaining
+  degradations is called *chain* here; *compose* is reserved for mGANprior's feature
+  composition of the N codes, ``Generator.compose``.)
 
-Synthesis helpers for observations: ``add_gaussian_noise``, ``random_mask``.
 Post-processing: ``merge_luma`` (colorization: luma of the input, chroma of the result, PIL /
 JPEG BT.601 full-range YCbCr) and ``paste_known`` (inpainting: keep the known pixels).
 
@@ -255,7 +256,7 @@ class Function(Operator):
     return self.fn(x)
 
 
-class Compose(Operator):
+class Chain(Operator):
   """A pipeline of operators applied in order (first ``ops[0]``)."""
 
   ops: tuple = ()
@@ -266,15 +267,15 @@ class Compose(Operator):
     return x
 
 
-def compose(*ops: Operator) -> Operator:
-  """Pipeline ``compose(op1, op2, ...)(x) == ...op2(op1(x))`` (applied in the order given).
+def chain(*ops: Operator) -> Operator:
+  """Pipeline ``chain(op1, op2, ...)(x) == ...op2(op1(x))`` (applied in the order given).
   Nested pipelines are flattened; identities dropped."""
   flat: list[Operator] = []
   for op in ops:
     if not isinstance(op, Operator):
-      raise TypeError(f"compose() takes Operator instances, got {type(op).__name__}; wrap plain "
+      raise TypeError(f"chain() takes Operator instances, got {type(op).__name__}; wrap plain "
                       "functions in operators.Function(fn)")
-    if isinstance(op, Compose):
+    if isinstance(op, Chain):
       flat.extend(op.ops)
     elif not isinstance(op, Identity):
       flat.append(op)
@@ -282,13 +283,7 @@ def compose(*ops: Operator) -> Operator:
     return Identity()
   if len(flat) == 1:
     return flat[0]
-  return Compose(ops=tuple(flat))
-
-
-def denoise_mask(noise_mask: Array) -> Mask:
-  """Loss operator for denoising with known noise positions (the maintainers' description,
-  issues #10/#19): only clean pixels (noise_mask == 0) enter the loss."""
-  return Mask(mask=noise_mask)
+  return Chain(ops=tuple(flat))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -309,23 +304,6 @@ def _as_nhwc_mask(mask: Array) -> Array:
     m = m[None]
   chex.assert_rank(m, 4)
   return m
-
-
-def add_gaussian_noise(x: Array, key: Array, *, sigma: float, mask: Array | None = None,
-                       clip: bool = True) -> Array:
-  """Synthesise a noisy observation: ``x + sigma * N(0, 1)`` (only where ``mask`` == 1 if
-  given), clipped to [-1, 1] when ``clip``. x: (B, H, W, C) in [-1, 1]."""
-  noise = sigma * jax.random.normal(key, x.shape, x.dtype)
-  if mask is not None:
-    noise = noise * _as_nhwc_mask(mask)
-  y = x + noise
-  return jnp.clip(y, -1.0, 1.0) if clip else y
-
-
-def random_mask(key: Array, shape: tuple[int, int], *, fraction: float) -> Array:
-  """(H, W, 1) float32 mask with ``fraction`` of the pixels set to 1 (missing/corrupted),
-  e.g. the paper's "random crop" inpainting (80 % of pixels removed)."""
-  return (jax.random.uniform(key, tuple(shape) + (1,)) < fraction).astype(jnp.float32)
 
 
 # BT.601 full-range (JPEG / PIL "YCbCr") on [-1, 1] images: the 128 offsets vanish.
@@ -358,14 +336,20 @@ def merge_luma(observed: Array, result: Array) -> Array:
 
 def paste_known(result: Array, observed: Array, mask: Array) -> Array:
   """Inpainting composite: ``observed`` where known (mask 0), ``result`` in the holes (mask 1).
-  (The official output is the raw G output; this is the optional paste-back.)"""
-  m = _as_nhwc_mask(mask)
-  return observed * (1.0 - m) + result * m
+  (The official output is the raw G output; this is the optional paste-back.) ``result`` and
+  ``observed``: (..., H, W, 3); ``mask``: (H, W), (H, W, 1) or with the images' leading axes.
+  The output has the shape of ``result``."""
+  m = jnp.asarray(mask, jnp.float32)
+  if m.ndim == 2:
+    m = m[..., None]
+  out = observed * (1.0 - m) + result * m
+  chex.assert_shape(out, jnp.shape(result))
+  return out
 
 
 __all__ = [
-    "Operator", "Identity", "Grayscale", "Downsample", "Mask", "Function", "Compose", "compose",
-    "denoise_mask", "grayscale", "resize", "downsample_image", "add_gaussian_noise",
-    "random_mask", "rgb_to_ycbcr", "ycbcr_to_rgb", "merge_luma", "paste_known",
+    "Operator", "Identity", "Grayscale", "Downsample", "Mask", "Function", "Chain", "chain",
+    "grayscale", "resize", "downsample_image", "rgb_to_ycbcr", "ycbcr_to_rgb", "merge_luma",
+    "paste_known",
     "RESAMPLE_METHODS",
 ]

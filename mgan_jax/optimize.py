@@ -1,36 +1,26 @@
-"""The optimisation loop: optax steps under ``lax.scan``, in chunks, inside one jitted function.
+"""Optimisers and the optimisation step: optax updates under ``lax.scan``, pure and vmap-able.
 
 Official loop (``inversion/inversion_methods.py: GradientDescent``): per iteration forward ->
 loss -> backward -> ``SGD(lr=1.0)`` step on [z, alpha]; no schedule, no clipping, the final
-iterate is the result. Here::
+iterate is the result. Here ``scan_steps`` runs ``steps`` such iterations of one image::
 
-    state = (latents, opt_state)
-    for each chunk of ``chunk`` iterations (one compiled call, chunk size static):
-        scan: loss_i, g_i = value_and_grad(loss_fn)(latents, *args); latents <- optax step
+    for i in range(steps):
+        loss_i, g_i = value_and_grad(loss_fn)(latents, *args); latents <- optax step
     -> losses[i] = loss at the latents *before* step i (losses[0] at the initial latents)
 
-``loss_fn(latents, *args) -> scalar`` is static (hashed: use ``objective.Objective`` or a
-module-level function so repeated calls reuse the compilation); ``args`` are pytrees (target,
-generator params, VGG params) that are *constants* of the optimisation: gradients are taken
-w.r.t. the latents only. The state buffers are donated to each chunk call.
-
-Per image, nothing couples images: ``scan_steps`` is vmap-able over a leading image axis of
-(latents, opt_state, per-image args) -- element-wise optimisers (sgd, adam, schedules) keep the
-per-image dynamics exact. Example::
-
-    step = functools.partial(scan_steps, loss_fn, tx, steps)
-    batched = jax.jit(jax.vmap(step, in_axes=(0, 0, (0, None, None))))
+``loss_fn(latents, *args) -> scalar`` is static (hashable); ``args`` (target, generator params,
+VGG params) are constants of the optimisation: gradients are taken w.r.t. the latents only.
+Nothing couples images, so ``scan_steps`` is vmapped over a leading image axis by
+``mgan_jax.engine``, which compiles and runs it (one program per chunk of iterations); element-
+wise optimisers (sgd, adam, schedules) keep the per-image dynamics exact.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
 Array = jax.Array
@@ -157,55 +147,4 @@ def scan_steps(loss_fn: Callable[..., Array], tx: optax.GradientTransformation, 
   return latents, opt_state, losses
 
 
-#: ``scan_steps`` jitted with loss_fn / tx / steps static and the state donated.
-run_chunk = jax.jit(scan_steps, static_argnums=(0, 1, 2), donate_argnums=(3, 4))
-
-
-@jax.jit
-def _copy(tree):
-  return jax.tree.map(jnp.copy, tree)
-
-
-class OptimizeResult(NamedTuple):
-  latents: Any          # final latents (after the last step)
-  losses: np.ndarray    # (iterations,) float32, losses[i] before step i
-  opt_state: Any
-  seconds: float        # wall time of the loop (compilation included)
-
-
-def optimize(loss_fn: Callable[..., Array], latents: Any, args: Sequence[Any], *,
-             optimizer: OptimizerConfig | optax.GradientTransformation = OptimizerConfig(),
-             iterations: int, chunk: int = 100,
-             callback: Callable[[int, np.ndarray], Any] | None = None,
-             opt_state: Any = None) -> OptimizeResult:
-  """Run ``iterations`` steps of ``optimizer`` on ``loss_fn(latents, *args)``.
-
-  The host syncs once per chunk (``callback(done_iterations, chunk_losses)`` then). The input
-  ``latents`` are copied, never donated. ``opt_state`` resumes a previous run.
-  """
-  if iterations < 0:
-    raise ValueError(f"iterations must be >= 0, got {iterations}")
-  if chunk < 1:
-    raise ValueError(f"chunk must be >= 1, got {chunk}")
-  tx = as_transformation(optimizer)
-  args = tuple(args)
-  t0 = time.perf_counter()
-  lat = _copy(latents)
-  st = tx.init(lat) if opt_state is None else _copy(opt_state)
-  traces = []
-  done = 0
-  while done < iterations:
-    steps = min(chunk, iterations - done)
-    lat, st, losses = run_chunk(loss_fn, tx, steps, lat, st, args)
-    losses = np.asarray(losses)
-    traces.append(losses)
-    done += steps
-    if callback is not None:
-      callback(done, losses)
-  jax.block_until_ready(lat)
-  trace = np.concatenate(traces) if traces else np.zeros((0,), np.float32)
-  return OptimizeResult(lat, trace.astype(np.float32), st, time.perf_counter() - t0)
-
-
-__all__ = ["OptimizerConfig", "OPTIMIZERS", "SCHEDULES", "as_transformation", "scan_steps",
-           "run_chunk", "optimize", "OptimizeResult"]
+__all__ = ["OptimizerConfig", "OPTIMIZERS", "SCHEDULES", "as_transformation", "scan_steps"]

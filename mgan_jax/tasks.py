@@ -78,7 +78,7 @@ _CANONICAL = ("colorize", "super-resolve", "denoise", "inpaint")   # degradation
 
 
 @dataclasses.dataclass(frozen=True)
-class TaskSpec:
+class Task:
   """A parsed task (hashable, static).
 
   tasks: the task names in canonical order (``('reconstruct',)`` alone for reconstruction);
@@ -131,8 +131,8 @@ class TaskSpec:
 
 def parse_task(text: str, *, factor: int = 4, resample: str = "bilinear", noise: float = 0.1,
                noise_fraction: float = 1.0, observed: bool = False, paste_known: bool = False,
-               resolution: int | None = None) -> TaskSpec:
-  """Parse ``'super-resolve,colorize'`` etc. into a TaskSpec; UserError (one line naming
+               resolution: int | None = None) -> Task:
+  """Parse ``'super-resolve,colorize'`` etc. into a Task; UserError (one line naming
   ``--task`` / the flag) for unknown names or impossible settings."""
   names = []
   for raw in str(text).replace("+", ",").split(","):
@@ -148,7 +148,7 @@ def parse_task(text: str, *, factor: int = 4, resample: str = "bilinear", noise:
   if not names:
     raise UserError(f"--task: no task given (choose from {', '.join(TASKS)})")
   if "reconstruct" in names and len(names) > 1:
-    names.remove("reconstruct")   # reconstruction is the identity: nothing to compose
+    names.remove("reconstruct")   # reconstruction is the identity: nothing to chain
   tasks = tuple(n for n in _CANONICAL if n in names) or ("reconstruct",)
   if "super-resolve" in tasks:
     if int(factor) != factor or factor < 2:
@@ -163,7 +163,7 @@ def parse_task(text: str, *, factor: int = 4, resample: str = "bilinear", noise:
       raise UserError(f"--noise must be >= 0, got {noise}")
     if not 0.0 < noise_fraction <= 1.0:
       raise UserError(f"--noise-fraction must be in (0, 1], got {noise_fraction}")
-  return TaskSpec(tasks, factor=int(factor), resample=resample, noise=float(noise),
+  return Task(tasks, factor=int(factor), resample=resample, noise=float(noise),
                   noise_fraction=float(noise_fraction), observed=bool(observed),
                   paste_known=bool(paste_known))
 
@@ -205,7 +205,7 @@ def _combine(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
   return np.maximum(a, b)
 
 
-def degrade(spec: TaskSpec, clean: np.ndarray, *, mask: np.ndarray | None = None,
+def degrade(task: Task, clean: np.ndarray, *, mask: np.ndarray | None = None,
             seed: int = 0) -> Observation:
   """Synthesise the observation of a clean image (official mode).
 
@@ -213,62 +213,62 @@ def degrade(spec: TaskSpec, clean: np.ndarray, *, mask: np.ndarray | None = None
   """
   chex.assert_shape(clean, (None, None, 3))
   y = _np(clean)[None]
-  if spec.has("colorize"):
+  if task.has("colorize"):
     y = _np(ops.grayscale(jnp.asarray(y)))
-  if spec.has("super-resolve"):
-    y = _np(ops.downsample_image(jnp.asarray(y), spec.factor, method=spec.resample))
+  if task.has("super-resolve"):
+    y = _np(ops.downsample_image(jnp.asarray(y), task.factor, method=task.resample))
   y = y[0]
   loss_mask = None
-  if spec.has("denoise"):
+  if task.has("denoise"):
     rng = image_key(seed, clean)
-    noise = rng.standard_normal(y.shape).astype(np.float32) * np.float32(2.0 * spec.noise)
-    if spec.noise_fraction < 1.0:
-      where = (rng.random(y.shape[:2] + (1,)) < spec.noise_fraction).astype(np.float32)
+    noise = rng.standard_normal(y.shape).astype(np.float32) * np.float32(2.0 * task.noise)
+    if task.noise_fraction < 1.0:
+      where = (rng.random(y.shape[:2] + (1,)) < task.noise_fraction).astype(np.float32)
       noise = noise * where
       loss_mask = where
     y = np.clip(y + noise, -1.0, 1.0)
-  if spec.has("inpaint"):
-    _check_mask(spec, mask, y.shape[0])
+  if task.has("inpaint"):
+    _check_mask(task, mask, y.shape[0])
     y = y * (1.0 - mask)
     loss_mask = _combine(loss_mask, mask)
   return Observation(y.astype(np.float32), loss_mask)
 
 
-def observe(spec: TaskSpec, image: np.ndarray, *, mask: np.ndarray | None = None) -> Observation:
+def observe(task: Task, image: np.ndarray, *, mask: np.ndarray | None = None) -> Observation:
   """An observation given by the user (``observed`` mode): gray it for colorize, zero the
   holes; ``mask`` marks holes (inpaint) or corrupted pixels (denoise)."""
   chex.assert_shape(image, (None, None, 3))
   y = _np(image)
-  if spec.has("colorize"):
+  if task.has("colorize"):
     y = _np(ops.grayscale(jnp.asarray(y[None])))[0]
   if mask is not None:
-    _check_mask(spec, mask, y.shape[0])
+    _check_mask(task, mask, y.shape[0])
     y = y * (1.0 - mask)
-  elif spec.needs_mask:
-    _check_mask(spec, mask, y.shape[0])
+  elif task.needs_mask:
+    _check_mask(task, mask, y.shape[0])
   return Observation(y, mask)
 
 
-def _check_mask(spec: TaskSpec, mask: np.ndarray | None, side: int) -> None:
+def _check_mask(task: Task, mask: np.ndarray | None, side: int) -> None:
   if mask is None:
-    raise UserError(f"--task {spec.label} needs --mask (white = missing pixels)")
+    raise UserError(f"--task {task.label} needs --mask (white = missing pixels)")
   if mask.shape[:2] != (side, side):
     raise UserError(f"--mask is {mask.shape[1]}x{mask.shape[0]} but the observation is "
                     f"{side}x{side}")
 
 
-def operator(spec: TaskSpec, observation: Observation) -> ops.Operator:
+def operator(task: Task, observation: Observation) -> ops.Operator:
   """The loss operator D applied to the generated image (R, R, 3) -> the observation's space:
-  ``compose(Grayscale, Downsample, Mask)`` with the parts the task needs (Identity for
+  ``chain(Grayscale, Downsample, Mask)`` with the parts the task needs (Identity for
   reconstruct)."""
   parts: list[ops.Operator] = []
-  if spec.has("colorize"):
+  if task.has("colorize"):
     parts.append(ops.Grayscale())
-  if spec.has("super-resolve"):
-    parts.append(ops.Downsample(factor=spec.factor, method=spec.resample))
+  if task.has("super-resolve"):
+    parts.append(ops.Downsample(factor=task.factor, method=task.resample))
   if observation.loss_mask is not None:
     parts.append(ops.Mask(mask=jnp.asarray(observation.loss_mask)))
-  return ops.compose(*parts)
+  return ops.chain(*parts)
 
 
 def upsample_for_display(image: np.ndarray, side: int) -> np.ndarray:
@@ -280,20 +280,20 @@ def upsample_for_display(image: np.ndarray, side: int) -> np.ndarray:
   return np.repeat(np.repeat(image, k, axis=0), k, axis=1)
 
 
-def postprocess(spec: TaskSpec, result: np.ndarray, observation: Observation
+def postprocess(task: Task, result: np.ndarray, observation: Observation
                 ) -> tuple[np.ndarray, str]:
   """(final image (R, R, 3), description) from the raw generator output (R, R, 3)."""
   chex.assert_shape(result, (None, None, 3))
   result = _np(result)
-  if spec.tasks == ("colorize",):
+  if task.tasks == ("colorize",):
     out = _np(ops.merge_luma(jnp.asarray(observation.image), jnp.asarray(result)))
     return out, "luma of the observation + chroma of the result (official colorization output)"
-  if spec.tasks == ("inpaint",) and spec.paste_known:
+  if task.tasks == ("inpaint",) and task.paste_known:
     out = _np(ops.paste_known(jnp.asarray(result), jnp.asarray(observation.image),
                               jnp.asarray(observation.loss_mask)))
     return out, "known pixels of the observation, result in the holes (--paste-known)"
   return result, "raw generator output"
 
 
-__all__ = ["TASKS", "TaskSpec", "Observation", "parse_task", "degrade", "observe", "operator",
+__all__ = ["TASKS", "Task", "Observation", "parse_task", "degrade", "observe", "operator",
            "postprocess", "upsample_for_display", "image_key"]

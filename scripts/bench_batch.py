@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark (not a test): images per second of batched inversion for several batch sizes.
 
-Each batch size B runs ``sharding.optimize_batch``: one compiled ``lax.scan`` chunk of
+Each batch size B runs ``engine.run_batch``: one compiled ``lax.scan`` chunk of
 ``--iterations`` steps of ``vmap`` over B images (per-image latents, Adam state and loss),
 sharded over the process's devices. The program is compiled by a warm-up call first; the
 reported time is the best of ``--repeats`` timed calls (host transfers included, compilation
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
   import jax
   import numpy as np
 
-  from mgan_jax import latents as lat_lib, objective, optimize, perceptual, sharding
+  from mgan_jax import engine, latents as lat_lib, objective, optimize, perceptual, sharding
   from mgan_jax.generators.dcgan import DCGAN
 
   gen = DCGAN()
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
   def problem(b):
     imgs = jax.random.uniform(jax.random.key(2), (b, 1, r, r, 3), minval=-1, maxval=1)
     tgts = [objective.make_target(imgs[i], vgg, config=cfg) for i in range(b)]
-    lats = [lat_lib.init_latents(gen, params, jax.random.key(100 + i), method="multi_z",
+    lats = [lat_lib.init_latents(jax.random.key(100 + i), gen, params, method="multi_z",
                                  codes=a.codes, layer=a.layer) for i in range(b)]
     stack = lambda ts: jax.tree.map(lambda *x: np.stack([np.asarray(v) for v in x]), *ts)
     return stack(lats), (stack(tgts), params, vgg)
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
   runs, first, pads = {}, {}, {}
   for b in sizes:   # compile every batch size first (the warm-up call)
     lat, args = problem(b)
-    runs[b] = (lambda lat=lat, args=args: sharding.optimize_batch(
+    runs[b] = (lambda lat=lat, args=args: engine.run_batch(
         loss_fn, lat, args, arg_axes=(0, None, None), optimizer=opt,
         iterations=a.iterations, chunk=a.iterations, mesh=mesh))
     t = time.perf_counter()

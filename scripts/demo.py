@@ -4,7 +4,7 @@
     python scripts/demo.py                 # about two minutes on a 2-core CPU after setup
     python scripts/demo.py --out DIR --iterations 100
 
-Runs ``python -m mgan_jax.invert`` (in this process, through ``mgan_jax.app.main``) on
+Runs ``python -m mgan_jax.invert`` (in this process, through ``mgan_jax.invert_images.main``) on
 ``examples/`` with the default ``dcgan-faces64`` prior, one batch per task:
 
 * inpaint the central 32x32 hole (``examples/mask_center.png``),
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--quiet", action="store_true")
   args = parser.parse_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  from mgan_jax import app
+  from mgan_jax import invert_images
 
   out = Path(args.out)
   images = [str(EXAMPLES / f) for f in IMAGES]
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
       cmd.append("--quiet")
     print(f"\n== {task}: python -m mgan_jax.invert {' '.join(cmd)}", file=sys.stderr,
           flush=True)
-    rc = app.main(cmd)
+    rc = invert_images.main(cmd)
     if rc:
       return rc
     for f in IMAGES:

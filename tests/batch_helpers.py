@@ -1,8 +1,8 @@
 """Helpers shared by the batch / resume / distributed tests (not a test module).
 
-* ``tiny_problem()``: an in-process inversion problem on a random-weight 8x8 PGGAN (multi_z, 3
-  codes at layer 2, pixel MSE + L1, Adam): ``prepare(batch_items)`` and the loss, for
-  ``resume.run_resumable`` / ``sharding.optimize_batch``.
+* ``tiny_items(n)`` / ``tiny_inverter(...)``: an in-process pipeline problem on a random-weight
+  8x8 PGGAN (multi_z, 3 codes at layer 2, pixel MSE + L1, Adam): ``pipeline.Item``s with random
+  targets and the ``pipeline.Inverter`` for ``resumable.run_items``.
 * ``make_cli_inputs(root)``: the same PGGAN as a model directory (``checkpoint.save_model``) and
   random 8x8 PNGs, for CLI subprocesses; ``CLI_FLAGS`` (small settings), ``cli_env(devices)``
   (CPU, forced host devices, fast compiles) and ``start_cli(...)`` (a batch inversion
@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from mgan_jax import latents as lat_lib, objective, optimize
+from mgan_jax import objective, optimize
 from mgan_jax.generators.pggan import PGGAN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,24 +64,29 @@ def make_cli_inputs(root, *, images: int = 5) -> tuple[Path, Path]:
   return Path(model), root / "images"
 
 
-def tiny_problem():
-  """(loss_fn, optimizer, prepare) for items named ``img<k>``: image k's target is a fixed
-  random image of seed k, its initial latents come from seed 1000 + k."""
-  params = GEN.init_params(jax.random.key(0))
-  cfg = objective.LossConfig(mse_weight=1.0, l1_weight=0.5, perceptual_weight=0.0)
-  loss_fn = objective.Objective(GEN, method="multi_z", layer=2, config=cfg)
-  opt = optimize.OptimizerConfig(name="adam", lr=0.05)
+def tiny_items(n: int) -> list:
+  """``n`` pipeline items ``img<k>`` (reconstruction of a fixed random 8x8 image of seed k)."""
+  from mgan_jax import imageio, pipeline, tasks
+  task = tasks.parse_task("reconstruct")
+  items = []
+  for k in range(n):
+    im = np.asarray(jax.random.uniform(jax.random.key(k), (8, 8, 3), minval=-1, maxval=1),
+                    np.float32)
+    items.append(pipeline.Item(name=f"img{k}", path=Path(f"img{k}.png"), input=im,
+                               fit=imageio.FitReport((8, 8), (8, 8)),
+                               observation=tasks.degrade(task, im), clean=im))
+  return items
 
-  def stack(trees):
-    return jax.tree.map(lambda *x: np.stack([np.asarray(v) for v in x]), *trees)
 
-  def prepare(batch):
-    ks = [int(it[3:]) for it in batch]
-    tgts = [objective.make_target(
-        jax.random.uniform(jax.random.key(k), (1, 8, 8, 3), minval=-1, maxval=1), None,
-        config=cfg) for k in ks]
-    lats = [lat_lib.init_latents(GEN, params, jax.random.key(1000 + k), method="multi_z",
-                                 codes=3, layer=2) for k in ks]
-    return stack(lats), (stack(tgts), params, None)
-
-  return loss_fn, opt, prepare
+def tiny_inverter(*, batch_size: int = 2, checkpoint_every: int = 0, iterations: int = 8,
+                  chunk: int = 4):
+  """The ``pipeline.Inverter`` of ``tiny_items`` (pixel MSE + L1, Adam lr 0.05)."""
+  from mgan_jax import pipeline, tasks
+  settings = pipeline.Settings(
+      method="multi_z", codes=3, layer=2,
+      loss=objective.LossConfig(mse_weight=1.0, l1_weight=0.5, perceptual_weight=0.0),
+      optimizer=optimize.OptimizerConfig(name="adam", lr=0.05), iterations=iterations,
+      chunk=chunk)
+  return pipeline.Inverter(GEN, GEN.init_params(jax.random.key(0)), None, settings,
+                           tasks.parse_task("reconstruct"), batch_size=batch_size,
+                           checkpoint_every=checkpoint_every)

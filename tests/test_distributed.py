@@ -4,7 +4,7 @@ free port), each with two forced CPU devices, each inverting its share of the in
 same OUT; their combined outputs must equal a single-process run's.
 
 Tiny random-weight PGGAN model directory, 5 images, batch 2, checkpoints on (with several
-processes they are written as npz, see mgan_jax/resume.py).
+processes they are written as npz, see mgan_jax/batch_checkpoint.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from batch_helpers import make_cli_inputs, start_cli
-from mgan_jax import resume
+from mgan_jax import runstate
 
 
 def _free_port() -> int:
@@ -54,13 +54,13 @@ def test_two_processes_equal_one(tmp_path):
   names = [f"img{k}" for k in range(5)]
   # contiguous shares; each process journaled exactly its own images
   for i, share in enumerate((names[:3], names[3:])):
-    state = tmp_path / "multi" / resume.RUN_DIR / f"process-{i:05d}-of-00002"
+    state = tmp_path / "multi" / runstate.RUN_DIR / f"process-{i:05d}-of-00002"
     items = [json.loads(x)["item"] for x in (state / "finished.log").read_text().splitlines()]
     assert items == share
     manifest = json.loads((state / "manifest.json").read_text())
     assert manifest["items"] == names and manifest["process_index"] == i
   assert sorted(p.name for p in (tmp_path / "multi").iterdir()) == sorted([*names,
-                                                                          resume.RUN_DIR])
+                                                                          runstate.RUN_DIR])
   for name in names:
     a, b = tmp_path / "multi" / name, tmp_path / "single" / name
     assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())

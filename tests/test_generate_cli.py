@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from convert.__main__ import main as convert_main
-from mgan_jax.generate import image_grid, main, to_uint8
+from mgan_jax.generate import image_grid, main
+from mgan_jax.imageio import to_uint8
 from parity_helpers import FIXTURES, load_ref
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from mgan_jax import engine
 from mgan_jax import latents as L
 from mgan_jax import objective as O
 from mgan_jax import operators as ops
@@ -126,7 +127,7 @@ def test_operator_modes_degrade_both_or_observation_only():
 
 
 def test_render_is_the_official_composition_and_batches():
-  lat = L.init_latents(GEN, GP, jax.random.key(4), method="multi_z", codes=3, layer=1)
+  lat = L.init_latents(jax.random.key(4), GEN, GP, method="multi_z", codes=3, layer=1)
   assert lat["z"].shape == (3, 6) and np.all(np.asarray(lat["alpha"]) == np.float32(1 / 3))
   lat["alpha"] = jax.random.uniform(jax.random.key(5), (3, 4))
   img = L.render(GEN, GP, lat, method="multi_z", layer=1)
@@ -136,13 +137,13 @@ def test_render_is_the_official_composition_and_batches():
   imgs = L.render(GEN, GP, batch, method="multi_z", layer=1)
   assert imgs.shape == (2, 8, 8, 3)
   np.testing.assert_allclose(imgs[0], img[0], atol=1e-6)
-  single = L.init_latents(GEN, GP, jax.random.key(6), method="z")
+  single = L.init_latents(jax.random.key(6), GEN, GP, method="z")
   np.testing.assert_allclose(L.render(GEN, GP, single, method="z"),
                              GEN.synthesize(GP, single["z"]), atol=1e-6)
   with pytest.raises(ValueError, match="latent method"):
-    L.init_latents(GEN, GP, jax.random.key(0), method="multi_q")
+    L.init_latents(jax.random.key(0), GEN, GP, method="multi_q")
   with pytest.raises(ValueError, match="latent space 'w'"):
-    L.init_latents(GEN, GP, jax.random.key(0), method="multi_w", layer=1)
+    L.init_latents(jax.random.key(0), GEN, GP, method="multi_w", layer=1)
 
 
 def test_style_based_multi_code_uses_mean_style_and_noise_latents():
@@ -150,7 +151,7 @@ def test_style_based_multi_code_uses_mean_style_and_noise_latents():
   gen = StyleGAN(resolution=8, latent_dim=8, w_dim=8, mapping_layers=2, mapping_fmaps=8,
                  channels=(8, 8))
   gp = gen.init_params(jax.random.key(7))
-  lat = L.init_latents(gen, gp, jax.random.key(8), method="multi_w", codes=2, layer=2)
+  lat = L.init_latents(jax.random.key(8), gen, gp, method="multi_w", codes=2, layer=2)
   assert lat["w"].shape == (2, 8) and lat["alpha"].shape == (2, 8)
   img = jax.jit(lambda p, x: L.render(gen, p, x, method="multi_w", layer=2))(gp, lat)
 
@@ -161,10 +162,10 @@ def test_style_based_multi_code_uses_mean_style_and_noise_latents():
     return gen.tail(gp, fused, 2, latent=jnp.mean(wp, axis=0, keepdims=True))
 
   np.testing.assert_allclose(img, manual(gp, lat), atol=1e-5)
-  mean = L.init_latents(gen, gp, jax.random.key(8), method="wp", init="mean")
+  mean = L.init_latents(jax.random.key(8), gen, gp, method="wp", init="mean")
   np.testing.assert_allclose(mean["wp"][0], jnp.broadcast_to(gp["dlatent_avg"], (4, 8)),
                              atol=1e-6)
-  nz = L.init_latents(gen, gp, jax.random.key(9), method="wp_noise")
+  nz = L.init_latents(jax.random.key(9), gen, gp, method="wp_noise")
   assert [n.shape for n in nz["noise"]] == [(1, 4, 4, 1), (1, 4, 4, 1), (1, 8, 8, 1),
                                             (1, 8, 8, 1)]
   both = jax.jit(lambda p, x: (L.render(gen, p, x, method="wp_noise"),
@@ -175,7 +176,7 @@ def test_style_based_multi_code_uses_mean_style_and_noise_latents():
 def test_optimize_trace_semantics_chunks_and_no_donation_of_inputs():
   t = O.make_target(_target(), None, config=NO_VGG)
   obj = O.Objective(gen=GEN, method="multi_z", layer=2, config=NO_VGG)
-  lat0 = L.init_latents(GEN, GP, jax.random.key(10), method="multi_z", codes=3, layer=2)
+  lat0 = L.init_latents(jax.random.key(10), GEN, GP, method="multi_z", codes=3, layer=2)
   tx = optax.sgd(0.5)
   # reference: a plain Python loop
   lat, st, want = lat0, tx.init(lat0), []
@@ -185,7 +186,7 @@ def test_optimize_trace_semantics_chunks_and_no_donation_of_inputs():
     upd, st = tx.update(g, st, lat)
     lat = optax.apply_updates(lat, upd)
   for chunk in (5, 2):
-    res = OP.optimize(obj, lat0, (t, GP, None), optimizer=tx, iterations=5, chunk=chunk)
+    res = engine.optimize(obj, lat0, (t, GP, None), optimizer=tx, iterations=5, chunk=chunk)
     np.testing.assert_allclose(res.losses, want, rtol=1e-5)
     np.testing.assert_allclose(res.latents["z"], lat["z"], rtol=1e-5, atol=1e-6)
   assert res.losses.shape == (5,) and res.losses[-1] < res.losses[0]
@@ -198,7 +199,7 @@ def test_images_are_independent_under_vmap():
   targets = [O.make_target(_target(s), None, config=NO_VGG) for s in (11, 12)]
   obj = O.Objective(gen=GEN, method="multi_z", layer=1, config=NO_VGG)
   tx = OP.as_transformation(OP.OptimizerConfig(name="adam", lr=0.05))
-  lats = [L.init_latents(GEN, GP, jax.random.key(s), method="multi_z", codes=2, layer=1)
+  lats = [L.init_latents(jax.random.key(s), GEN, GP, method="multi_z", codes=2, layer=1)
           for s in (13, 14)]
   step = functools.partial(OP.scan_steps, obj, tx, 4)
   stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)
@@ -215,7 +216,7 @@ def test_no_gradients_for_generator_or_vgg_weights():
   cfg = O.LossConfig(perceptual_layers=("relu1_2",), perceptual_size=None)
   t = O.make_target(_target(), vgg, config=cfg)
   obj = O.Objective(gen=GEN, method="multi_z", layer=1, config=cfg)
-  lat = L.init_latents(GEN, GP, jax.random.key(16), method="multi_z", codes=2, layer=1)
+  lat = L.init_latents(jax.random.key(16), GEN, GP, method="multi_z", codes=2, layer=1)
 
   def n_convs(argnums):
     f = jax.jit(jax.grad(lambda lat, gp, v: obj(lat, t, gp, v), argnums=argnums))
@@ -235,7 +236,9 @@ def softmax_compose(features, logits):
   return jnp.sum(features * w[:, None, None, :], axis=0)[None]
 
 
-def research_loss(latents, target, gen_params, gen, layer):
+def research_loss(latents, target, gen_params, vgg_params=None, *, gen, layer):
+  """A researcher's variant: softmax composition, L1 only (the objective's argument order)."""
+  del vgg_params
   img = L.render_multi(gen, gen_params, latents["z"], latents["alpha"], space="z", layer=layer,
                        compose=softmax_compose)
   return O.image_loss(img, target, None, config=L1_ONLY)
@@ -246,9 +249,9 @@ def test_research_variant_softmax_compose_l1_only_optimises():
   gp = gen.init_params(jax.random.key(17))
   target = O.make_target(gen.synthesize(gp, jax.random.normal(jax.random.key(18), (1, 16)))[0],
                          None, config=L1_ONLY)
-  lat = L.init_latents(gen, gp, jax.random.key(19), method="multi_z", codes=4, layer=3)
+  lat = L.init_latents(jax.random.key(19), gen, gp, method="multi_z", codes=4, layer=3)
   loss_fn = functools.partial(research_loss, gen=gen, layer=3)
-  res = OP.optimize(loss_fn, lat, (target, gp),
+  res = engine.optimize(loss_fn, lat, (target, gp),
                     optimizer=OP.OptimizerConfig(name="adam", lr=0.05), iterations=30, chunk=30)
   assert np.all(np.isfinite(res.losses))
   assert res.losses[-1] < 0.6 * res.losses[0]

@@ -64,26 +64,26 @@ def test_bicubic_and_area_values():
     np.testing.assert_allclose(ops.downsample_image(c, 3, method=m), 0.37, atol=1e-6)
 
 
-def test_compose_order_and_flattening():
+def test_chain_order_and_flattening():
   x = jax.random.uniform(jax.random.key(1), (1, 16, 16, 3), minval=-1, maxval=1)
   m = (jnp.arange(16)[:, None] < 8).astype(jnp.float32) * jnp.ones((16, 16))
-  op = ops.compose(ops.Mask(mask=m), ops.Identity(), ops.compose(ops.Grayscale(),
+  op = ops.chain(ops.Mask(mask=m), ops.Identity(), ops.chain(ops.Grayscale(),
                                                                  ops.Downsample(factor=2)))
-  assert isinstance(op, ops.Compose) and len(op.ops) == 3
+  assert isinstance(op, ops.Chain) and len(op.ops) == 3
   want = ops.downsample_image(ops.grayscale(x * (1 - m[None, :, :, None])), 2)
   np.testing.assert_allclose(op(x), want, atol=1e-6)
   assert op.output_shape((1, 16, 16, 3)) == (1, 8, 8, 3)
-  assert isinstance(ops.compose(), ops.Identity)
+  assert isinstance(ops.chain(), ops.Identity)
   with pytest.raises(TypeError):
-    ops.compose(lambda v: v)
+    ops.chain(lambda v: v)
   f = ops.Function(fn=lambda v: -v)
-  np.testing.assert_allclose(ops.compose(f, f)(x), x)
+  np.testing.assert_allclose(ops.chain(f, f)(x), x)
 
 
 def test_operators_are_pytrees_jit_and_vmap_per_image_masks():
   x = jax.random.normal(jax.random.key(2), (3, 1, 8, 8, 3))
   masks = jax.random.bernoulli(jax.random.key(3), 0.5, (3, 8, 8, 1)).astype(jnp.float32)
-  op = ops.compose(ops.Mask(mask=masks), ops.Downsample(factor=2))
+  op = ops.chain(ops.Mask(mask=masks), ops.Downsample(factor=2))
   apply = jax.jit(jax.vmap(lambda o, v: o(v)))
   out = apply(op, x)
   for i in range(3):
@@ -107,11 +107,12 @@ def test_merge_luma_and_paste_known():
   red = jnp.asarray([1.0, -1.0, -1.0])
   np.testing.assert_allclose((ops.rgb_to_ycbcr(red) + jnp.asarray([1, 0, 0])) * 127.5
                              + jnp.asarray([0, 128, 128]), [76.245, 84.97, 255.5], atol=0.01)
-  mask = ops.random_mask(k3, (8, 8), fraction=0.3)
+  mask = (jax.random.uniform(k3, (8, 8, 1)) < 0.3).astype(jnp.float32)
   pasted = ops.paste_known(res, obs, mask)
   m = np.asarray(mask)[None]
+  assert pasted.shape == res.shape
   np.testing.assert_allclose(pasted, np.where(m == 1, res, obs))
-  noisy = ops.add_gaussian_noise(obs, k3, sigma=0.1, mask=mask)
-  np.testing.assert_allclose(np.asarray(noisy)[np.broadcast_to(m, obs.shape) == 0],
-                             np.asarray(obs)[np.broadcast_to(m, obs.shape) == 0])
-  assert 0.15 < float(jnp.mean(mask)) < 0.45
+  # one image without a batch axis keeps its shape (H, W, 3)
+  one = ops.paste_known(res[0], obs[0], mask)
+  assert one.shape == (8, 8, 3)
+  np.testing.assert_allclose(one, pasted[0])

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from batch_helpers import make_cli_inputs, start_cli
-from mgan_jax import resume
+from mgan_jax import runstate
 
 
 def _cli(model, images, out, *extra):
@@ -69,7 +69,7 @@ def test_cli_kill_and_rerun_gives_the_uninterrupted_outputs(tmp_path):
   victim = _cli(model, images, tmp_path / "run", "--quiet")
   # kill after the k-th checkpoint was seen (k random; 33 are written in all), at a random
   # moment of the following interval: anywhere in a batch, between batches, while writing
-  ckpts = tmp_path / "run" / resume.RUN_DIR / "process-00000-of-00001" / "checkpoints"
+  ckpts = tmp_path / "run" / runstate.RUN_DIR / "process-00000-of-00001" / "checkpoints"
   k, delay = random.randint(1, 24), random.uniform(0.0, 0.1)
   seen, t0 = set(), time.time()
   while len(seen) < k:
@@ -97,11 +97,11 @@ def test_cli_kill_and_rerun_gives_the_uninterrupted_outputs(tmp_path):
     assert len(want[name]["metrics.json"]["trace"]) == 12   # one row per 2-step call
   _same(got, want)   # bit for bit: images, latents, metrics and trace
   # nothing partial, duplicated or left behind
-  state = tmp_path / "run" / resume.RUN_DIR / "process-00000-of-00001"
+  state = tmp_path / "run" / runstate.RUN_DIR / "process-00000-of-00001"
   items = [json.loads(x)["item"] for x in (state / "finished.log").read_text().splitlines()]
   assert sorted(items) == sorted(want) and len(items) == len(set(items))
   assert os.listdir(state / "staging") == [] and os.listdir(state / "checkpoints") == []
-  assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted([*want, resume.RUN_DIR])
+  assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted([*want, runstate.RUN_DIR])
   # a finished run rerun: nothing to do; other settings: refused, nothing touched
   again = _cli(model, images, tmp_path / "run")
   other = _cli(model, images, tmp_path / "run", "--lr", "0.1")

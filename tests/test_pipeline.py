@@ -1,9 +1,8 @@
-"""The batch runner (vmapped batches, padding, per-batch writing) and its helpers: inputs,
-fitting, latent files, atomic outputs, tasks, metrics."""
+"""The image pipeline (vmapped batches, padding, per-batch writing) and its helpers: inputs,
+fitting, latent files, atomic publishing, tasks, metrics."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -11,34 +10,34 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mgan_jax import app, imageio, metrics, runner, tasks
+from mgan_jax import engine, fileio, imageio, invert_images, latents_io, metrics, progress, tasks
 from mgan_jax.errors import UserError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 FACES = [EXAMPLES / f"dcgan_sample_{s}.png" for s in (9001, 9003, 9004)]
-TINY = ["--codes", "4", "--iterations", "8", "--chunk", "4", "--quiet"]   # as tests/test_app.py
+TINY = ["--codes", "4", "--iterations", "8", "--chunk", "4", "--quiet"]   # as tests/test_invert_images.py
 
 
 def test_batch_of_three_with_batch_size_two_equals_single_runs(tmp_path, monkeypatch):
   seen_at_batch_start = []
-  start = runner.Progress.start_batch
+  start = progress.Progress.start_batch
 
-  def spy(self, index, names):
+  def spy(self, index, names, **kw):
     seen_at_batch_start.append(sorted(p.name for p in (tmp_path / "batch").glob("*")
                                       if not p.name.startswith(".")))
-    return start(self, index, names)
+    return start(self, index, names, **kw)
 
-  monkeypatch.setattr(runner.Progress, "start_batch", spy)
-  assert app.main(["--image", *map(str, FACES), "--batch-size", "2",
+  monkeypatch.setattr(progress.Progress, "start_batch", spy)
+  assert invert_images.main(["--image", *map(str, FACES), "--batch-size", "2",
                    "--out", str(tmp_path / "batch"), *TINY]) == 0
   # outputs of batch 1 exist before batch 2 starts; the padded tail image is not written
   assert seen_at_batch_start == [[], [FACES[0].stem, FACES[1].stem]]
   assert sorted(p.name for p in (tmp_path / "batch").iterdir()
                 if p.name != ".mgan_jax_run") == sorted(f.stem for f in FACES)  # + resume state
   for f in FACES:
-    assert app.main(["--image", str(f), "--out", str(tmp_path / "single"), *TINY]) == 0
-    b = runner.load_latents(tmp_path / "batch" / f.stem / "latents.npz")[0]
-    s = runner.load_latents(tmp_path / "single" / f.stem / "latents.npz")[0]
+    assert invert_images.main(["--image", str(f), "--out", str(tmp_path / "single"), *TINY]) == 0
+    b = latents_io.load(tmp_path / "batch" / f.stem / "latents.npz")[0]
+    s = latents_io.load(tmp_path / "single" / f.stem / "latents.npz")[0]
     for k in s:
       np.testing.assert_allclose(b[k], s[k], atol=2e-4, rtol=1e-4)
     mb = json.loads((tmp_path / "batch" / f.stem / "metrics.json").read_text())
@@ -51,12 +50,12 @@ def test_batch_of_three_with_batch_size_two_equals_single_runs(tmp_path, monkeyp
 
 
 def test_chunk_plan_and_default_chunk():
-  assert runner.chunk_plan(10, 4) == [4, 4, 2]
-  assert runner.chunk_plan(0, 5) == []
-  assert runner.default_chunk(300) == 30
-  assert 300 % runner.default_chunk(300) == 0
-  assert runner.default_chunk(7) == 1
-  assert runner.default_chunk(997) == 100       # prime: no divisor near T/10
+  assert engine.chunk_plan(10, 4) == [4, 4, 2]
+  assert engine.chunk_plan(0, 5) == []
+  assert engine.default_chunk(300) == 30
+  assert 300 % engine.default_chunk(300) == 0
+  assert engine.default_chunk(7) == 1
+  assert engine.default_chunk(997) == 100       # prime: no divisor near T/10
 
 
 def test_latents_file_round_trip_and_checks(tmp_path):
@@ -65,17 +64,25 @@ def test_latents_file_round_trip_and_checks(tmp_path):
   from mgan_jax.optimize import OptimizerConfig
   lat = {"z": np.random.default_rng(0).standard_normal((3, 100)).astype(np.float32),
          "alpha": np.full((3, 256), 1 / 3, np.float32)}
-  runner.save_latents(tmp_path / "l.npz", lat, {"method": "multi_z", "layer": 2, "codes": 3})
-  got, meta = runner.load_latents(tmp_path / "l.npz")
+  latents_io.save(tmp_path / "l.npz", lat, {"method": "multi_z", "layer": 2, "codes": 3})
+  got, meta = latents_io.load(tmp_path / "l.npz")
   np.testing.assert_array_equal(got["z"], lat["z"])
-  assert meta["format"] == runner.LATENTS_FORMAT and meta["layer"] == 2
-  s = runner.Settings("multi_z", 3, 2, LossConfig(perceptual_weight=0.0), OptimizerConfig(), 1, 1)
-  runner.check_latents(got, DCGAN(), s, what="x")
+  assert meta["format"] == latents_io.FORMAT and meta["layer"] == 2
+  latents_io.check(got, DCGAN(), method="multi_z", codes=3, layer=2, what="x")
   with pytest.raises(UserError, match="do not fit method 'multi_z'"):
-    runner.check_latents(got, DCGAN(), dataclasses.replace(s, layer=1), what="x")
+    latents_io.check(got, DCGAN(), method="multi_z", codes=3, layer=1, what="x")
   np.save(tmp_path / "plain.npy", lat["z"])
-  with pytest.raises(UserError, match="not an mgan_jax latents file|cannot read latents"):
-    runner.load_latents(tmp_path / "plain.npy")
+  with pytest.raises(UserError, match="a single array, not a latents file"):
+    latents_io.load(tmp_path / "plain.npy")
+  # a plain .npz of arrays (official initial latents) is a latents file without meta; noise
+  # maps come back as a list
+  np.savez(tmp_path / "plain.npz", z=lat["z"], alpha=lat["alpha"], noise_1=np.ones((1, 4, 4, 1)),
+           noise_0=np.zeros((1, 2, 2, 1)))
+  got, meta = latents_io.load(tmp_path / "plain.npz")
+  assert meta == {} and [n.shape for n in got["noise"]] == [(1, 2, 2, 1), (1, 4, 4, 1)]
+  np.savez(tmp_path / "nan.npz", z=np.full((3, 100), np.nan))
+  with pytest.raises(UserError, match="--init .*nan.npz: array 'z' contains NaN"):
+    latents_io.load(tmp_path / "nan.npz")
 
 
 def test_list_inputs_dirs_globs_lists_and_names(tmp_path):
@@ -117,33 +124,47 @@ def test_read_image_modes_and_fit(tmp_path):
   assert m.shape == (32, 32, 1) and set(np.unique(m)) <= {0.0, 1.0}
 
 
-def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
+def test_publish_leaves_nothing_on_failure_and_never_overwrites(tmp_path):
   final = tmp_path / "x"
   with pytest.raises(RuntimeError):
-    with imageio.atomic_directory(final) as d:
+    with fileio.publish(final, kind="dir") as d:
       (d / "half.png").write_bytes(b"...")
       raise RuntimeError("boom")
   assert list(tmp_path.iterdir()) == []
-  with imageio.atomic_directory(final) as d:
+  with fileio.publish(final, kind="dir") as d:
     (d / "a").write_text("1")
-  with pytest.raises(UserError, match="already holds outputs"):
-    with imageio.atomic_directory(final):
+  assert final.stat().st_mode & 0o777 == 0o777 & ~fileio.umask()    # not mkdtemp's 0700
+  with pytest.raises(FileExistsError):
+    with fileio.publish(final, kind="dir"):
       pass
-  with imageio.atomic_directory(final, force=True) as d:
+  with fileio.publish(final, kind="dir", replace=True) as d:
     (d / "b").write_text("2")
   assert sorted(p.name for p in final.iterdir()) == ["b"]
   assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+  # files: all or nothing, and a file that appeared meanwhile is not replaced
+  with pytest.raises(ZeroDivisionError):
+    fileio.publish_files([(tmp_path / "f1", lambda t: t.write_text("1")),
+                          (tmp_path / "f2", lambda t: 1 / 0)])
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+  with pytest.raises(FileExistsError):
+    with fileio.publish(tmp_path / "f3") as t:
+      t.write_text("new")
+      (tmp_path / "f3").write_text("user data")
+  assert (tmp_path / "f3").read_text() == "user data"
+  # a temporary left by a killed writer is recognised and removed
+  (tmp_path / ".tmp-f4-abc").write_text("half")
+  assert fileio.remove_stale_temporaries(tmp_path, older_than=0) == [tmp_path / ".tmp-f4-abc"]
 
 
 def test_tasks_parse_degrade_and_postprocess():
-  spec = tasks.parse_task("super-resolve, colorize", factor=4)
-  assert spec.tasks == ("colorize", "super-resolve") and spec.label == "colorize+super-resolve"
+  task = tasks.parse_task("super-resolve, colorize", factor=4)
+  assert task.tasks == ("colorize", "super-resolve") and task.label == "colorize+super-resolve"
   assert tasks.parse_task("sr,colourization").tasks == ("colorize", "super-resolve")
   assert tasks.parse_task("reconstruct,inpaint").tasks == ("inpaint",)
   with pytest.raises(UserError, match="--factor 3 does not divide"):
     tasks.parse_task("super-resolve", factor=3, resolution=64)
   clean = np.random.default_rng(1).uniform(-1, 1, (64, 64, 3)).astype(np.float32)
-  obs = tasks.degrade(spec, clean)
+  obs = tasks.degrade(task, clean)
   assert obs.image.shape == (16, 16, 3) and obs.loss_mask is None
   np.testing.assert_allclose(obs.image[..., 0], obs.image[..., 1], atol=1e-6)
   dn = tasks.parse_task("denoise", noise=0.1, noise_fraction=0.5)
@@ -159,6 +180,15 @@ def test_tasks_parse_degrade_and_postprocess():
   # the result's luma is the observation's (BT.601)
   y = lambda x: x @ np.array([0.299, 0.587, 0.114], np.float32)
   np.testing.assert_allclose(y(out), y(gray.image), atol=1e-5)
+  # inpainting with --paste-known: known pixels from the observation, the result in the holes
+  inp = tasks.parse_task("inpaint", paste_known=True)
+  mask = np.zeros((64, 64, 1), np.float32)
+  mask[16:48, 16:48] = 1
+  obs = tasks.degrade(inp, clean, mask=mask)
+  out, how = tasks.postprocess(inp, -clean, obs)
+  assert out.shape == (64, 64, 3) and "known pixels" in how
+  np.testing.assert_allclose(out[:16], clean[:16], atol=1e-6)
+  np.testing.assert_allclose(out[16:48, 16:48], -clean[16:48, 16:48], atol=1e-6)
 
 
 def test_metrics_match_the_formula():

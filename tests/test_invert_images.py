@@ -1,6 +1,7 @@
-"""End to end: ``mgan_jax.app.main`` (the user mode of ``python -m mgan_jax.invert``) on the real
-default prior ``dcgan-faces64`` (fetched into the asset cache on first use), with few iterations
-and few codes. Runs share compiled programs (``runner._PROGRAMS``) where the settings agree."""
+"""End to end: ``mgan_jax.invert_images.main`` (the user mode of ``python -m mgan_jax.invert``)
+on the real default prior ``dcgan-faces64`` (fetched into the asset cache on first use), with
+few iterations and few codes. Runs share compiled programs (the engine's cache) where the
+settings agree."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mgan_jax import app, runner
+from mgan_jax import invert_images, latents_io, outputs
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SAMPLE = EXAMPLES / "dcgan_sample_9001.png"
@@ -38,11 +39,11 @@ def _one_error_line(capsys) -> str:
 
 def test_inpaint_outputs_reload_and_init_reproduces(tmp_path):
   out = tmp_path / "out"
-  rc = app.main(["--image", str(SAMPLE), "--task", "inpaint", "--mask", str(MASK),
+  rc = invert_images.main(["--image", str(SAMPLE), "--task", "inpaint", "--mask", str(MASK),
                  "--out", str(out), *TINY])
   assert rc == 0
   d = out / SAMPLE.stem
-  assert sorted(p.name for p in d.iterdir()) == sorted(runner.OUTPUT_FILES)
+  assert sorted(p.name for p in d.iterdir()) == sorted(outputs.FILES)
   assert not [p for p in out.iterdir()          # no temporaries left (the resume state stays)
               if p.name.startswith(".") and p.name != ".mgan_jax_run"]
   result, degraded, grid = _png(d / "result.png"), _png(d / "degraded.png"), _png(d / "grid.png")
@@ -55,13 +56,13 @@ def test_inpaint_outputs_reload_and_init_reproduces(tmp_path):
   assert m["settings"]["method"] == "multi_z" and m["settings"]["layer"] == 1
   assert np.isfinite(m["metrics"]["psnr"]) and 0 < m["metrics"]["ssim"] <= 1
   assert len(m["trace"]) == 2 and m["trace"][-1]["iteration"] == 8
-  lat, meta = runner.load_latents(d / "latents.npz")
+  lat, meta = latents_io.load(d / "latents.npz")
   assert lat["z"].shape == (4, 100) and lat["alpha"].shape == (4, 512)
   assert meta["method"] == "multi_z" and meta["layer"] == 1
 
   # --init with 0 iterations re-renders the saved latents: the same result.png, bit for bit.
   out2 = tmp_path / "again"
-  rc = app.main(["--image", str(SAMPLE), "--task", "inpaint", "--mask", str(MASK),
+  rc = invert_images.main(["--image", str(SAMPLE), "--task", "inpaint", "--mask", str(MASK),
                  "--init", str(d / "latents.npz"), "--iterations", "0", "--out", str(out2),
                  "--quiet"])
   assert rc == 0
@@ -72,8 +73,8 @@ def test_inpaint_outputs_reload_and_init_reproduces(tmp_path):
 def test_psnr_rises_and_multi_code_beats_single_z(tmp_path):
   common = ["--image", str(SAMPLE2), "--iterations", "24", "--chunk", "8", "--quiet",
             "--lr", "0.1"]
-  assert app.main([*common, "--codes", "8", "--out", str(tmp_path / "multi")]) == 0
-  assert app.main([*common, "--method", "z", "--out", str(tmp_path / "z")]) == 0
+  assert invert_images.main([*common, "--codes", "8", "--out", str(tmp_path / "multi")]) == 0
+  assert invert_images.main([*common, "--method", "z", "--out", str(tmp_path / "z")]) == 0
   multi = _metrics(tmp_path / "multi" / SAMPLE2.stem)
   single = _metrics(tmp_path / "z" / SAMPLE2.stem)
   trace = [r["psnr"] for r in multi["trace"]]
@@ -88,7 +89,7 @@ def test_psnr_rises_and_multi_code_beats_single_z(tmp_path):
 def test_super_resolve_colorize_observed_and_denoise(tmp_path):
   # Synthesised x4 low-res gray observation: degraded.png is 16x16 and gray, result 64x64.
   out = tmp_path / "srcolor"
-  assert app.main(["--image", str(SAMPLE), "--task", "colorize,super-resolve", "--out", str(out),
+  assert invert_images.main(["--image", str(SAMPLE), "--task", "colorize,super-resolve", "--out", str(out),
                    *TINY]) == 0
   d = out / SAMPLE.stem
   deg = _png(d / "degraded.png").astype(int)
@@ -102,7 +103,7 @@ def test_super_resolve_colorize_observed_and_denoise(tmp_path):
   lowres = tmp_path / "lowres.png"
   Image.fromarray(_png(d / "degraded.png")).save(lowres)
   out_obs = tmp_path / "observed"
-  assert app.main(["--image", str(lowres), "--task", "super-resolve,colorize", "--observed",
+  assert invert_images.main(["--image", str(lowres), "--task", "super-resolve,colorize", "--observed",
                    "--out", str(out_obs), *TINY]) == 0
   mo = _metrics(out_obs / "lowres")
   assert mo["mode"] == "observed" and "psnr" not in mo["metrics"]
@@ -110,7 +111,7 @@ def test_super_resolve_colorize_observed_and_denoise(tmp_path):
 
   # Denoise with known noise positions: noisy pixels are masked out of the loss.
   out_dn = tmp_path / "denoise"
-  assert app.main(["--image", str(SAMPLE), "--task", "denoise", "--noise", "0.2",
+  assert invert_images.main(["--image", str(SAMPLE), "--task", "denoise", "--noise", "0.2",
                    "--noise-fraction", "0.3", "--out", str(out_dn), *TINY]) == 0
   md = _metrics(out_dn / SAMPLE.stem)
   assert md["noise_sigma"] == 0.2 and md["metrics"]["degraded_psnr"] < 30
@@ -123,7 +124,13 @@ def test_super_resolve_colorize_observed_and_denoise(tmp_path):
      "mask is 32x32 but 64x64 is needed"),
     (["--image", str(SAMPLE), "--task", "deblur"], "unknown task 'deblur'"),
     (["--image", str(SAMPLE), "--layer", "9"], "--layer 9 is not a composition layer"),
-    (["--image", str(SAMPLE), "--codes", "0"], "--codes must be >= 1"),
+    (["--image", str(SAMPLE), "--codes", "0"], "--codes: must be >= 1"),
+    (["--image", str(SAMPLE), "--task", "super-resolve", "--factor", "0"], "--factor: must be >= 2"),
+    (["--image", str(SAMPLE), "--lr", "0"], "--lr: must be > 0"),
+    (["--image", str(SAMPLE), "--iterations", "-1"], "--iterations: must be >= 0"),
+    (["--image", str(SAMPLE), "--method", "q"], "--method: unknown method 'q'"),
+    (["--image", str(SAMPLE), "--task", "colorize", "--paste-known"],
+     "--paste-known applies to --task inpaint alone"),
     (["--image", str(SAMPLE), "--method", "z", "--codes", "3"], "--codes applies to multi-code"),
     (["--image", "{big_image}"], "pass --fit resize or --fit center-crop"),
     (["--image", str(SAMPLE), "--task", "inpaint"], "needs --mask"),
@@ -135,7 +142,7 @@ def test_bad_input_one_line_nothing_written(tmp_path, capsys, argv, expected):
   Image.fromarray(np.zeros((80, 96, 3), np.uint8)).save(big)
   argv = [a.format(small_mask=small, big_image=big) for a in argv]
   out = tmp_path / "out"
-  rc = app.main([*argv, "--out", str(out), "--quiet"])
+  rc = invert_images.main([*argv, "--out", str(out), "--quiet"])
   assert rc != 0
   line = _one_error_line(capsys)
   assert expected in line, line
@@ -146,8 +153,31 @@ def test_existing_output_is_refused_without_force(tmp_path, capsys):
   out = tmp_path / "out"
   (out / SAMPLE.stem).mkdir(parents=True)
   (out / SAMPLE.stem / "result.png").write_bytes(b"user data")
-  rc = app.main(["--image", str(SAMPLE), "--out", str(out), *TINY])
+  rc = invert_images.main(["--image", str(SAMPLE), "--out", str(out), *TINY])
   assert rc != 0
   assert "already holds outputs; pass --force" in _one_error_line(capsys)
   assert (out / SAMPLE.stem / "result.png").read_bytes() == b"user data"
   assert sorted(p.name for p in out.iterdir()) == [SAMPLE.stem]
+
+
+def test_paste_known_single_and_batch(tmp_path):
+  """--paste-known: result.png holds the observation's known pixels and the result in the
+  holes, for a single image and for a batch; raw.png keeps the generator output."""
+  out = tmp_path / "paste"
+  rc = invert_images.main(["--image", str(SAMPLE), str(SAMPLE2), "--batch-size", "2", "--task",
+                           "inpaint", "--mask", str(MASK), "--paste-known", "--out", str(out),
+                           *TINY])
+  assert rc == 0
+  known = _png(MASK) < 128
+  for f in (SAMPLE, SAMPLE2):
+    d = out / f.stem
+    result, raw = _png(d / "result.png").astype(int), _png(d / "raw.png").astype(int)
+    np.testing.assert_array_equal(result[known], _png(d / "degraded.png").astype(int)[known])
+    np.testing.assert_array_equal(result[~known], raw[~known])
+    assert "known pixels" in _metrics(d)["postprocess"]
+  single = tmp_path / "single"
+  assert invert_images.main(["--image", str(SAMPLE2), "--task", "inpaint", "--mask", str(MASK),
+                             "--paste-known", "--out", str(single), *TINY]) == 0
+  a = _png(single / SAMPLE2.stem / "result.png").astype(int)
+  b = _png(out / SAMPLE2.stem / "result.png").astype(int)
+  assert np.abs(a - b).max() <= 1

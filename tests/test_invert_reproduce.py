@@ -1,4 +1,5 @@
-"""``python -m mgan_jax.invert``: outputs, determinism, CLI/API agreement and one-line errors."""
+"""The reproducibility mode of ``python -m mgan_jax.invert`` (``--target``): outputs,
+determinism, CLI/API agreement, the shared vocabulary and one-line errors."""
 
 import os
 import subprocess
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mgan_jax import checkpoint, invert, perceptual
+from mgan_jax import assets, checkpoint, invert
 from mgan_jax import objective as O
 from mgan_jax.generators.pggan import PGGAN
 
@@ -52,11 +53,24 @@ def test_outputs_and_determinism(files, tmp_path):
   # existing outputs are kept unless --force
   assert invert.main(_args(d, tmp_path / "a.npz")) == 2
   assert invert.main(_args(d, tmp_path / "a.npz", "--force")) == 0
+  # one vocabulary: --model DIR = --checkpoint DIR; the engine's method names are aliases of
+  # the user mode's; the latents.npz a run writes (with its meta) is a valid --init
+  args = _args(d, tmp_path / "c.npz", "--seed", "7", "--method", "multi_z")
+  args[0] = "--model"
+  assert invert.main(args) == 0
+  np.testing.assert_array_equal(np.load(tmp_path / "c.npz")["z"], res["z"])
+  from mgan_jax import latents_io
+  latents_io.save(tmp_path / "run_latents.npz", {"z": res["z"], "alpha": res["alpha"]},
+                  {"method": "multi_z", "codes": 3, "layer": 2})
+  args = _args(d, tmp_path / "e.npz", "--init", str(tmp_path / "run_latents.npz"),
+               "--iterations", "0", "--method", "multi-code")
+  assert invert.main(args) == 0
+  np.testing.assert_array_equal(np.load(tmp_path / "e.npz")["image"], res["image"])
 
 
 def test_cli_agrees_with_the_api_including_vgg(files, tmp_path):
   d, gen, params = files
-  vgg_path = perceptual.vgg16_weights_path()
+  vgg_path = assets.vgg16_weights_path()
   out, trace = tmp_path / "r.npz", tmp_path / "t.npz"
   assert invert.main(_args(d, out, "--init", str(d / "init.npz"), "--iterations", "3",
                            "--perceptual-weight", "0.01", "--perceptual-layers", "relu1_2",
@@ -65,7 +79,7 @@ def test_cli_agrees_with_the_api_including_vgg(files, tmp_path):
                            "--trace", str(trace))) == 0
   cfg = O.LossConfig(perceptual_weight=0.01, perceptual_layers=("relu1_2",),
                      perceptual_size=None)
-  vgg = perceptual.load_vgg(vgg_path)
+  vgg = assets.load_vgg(vgg_path)
   target = O.make_target(np.load(d / "target.npy"), vgg, config=cfg)
   init = {k: jnp.asarray(v) for k, v in np.load(d / "init.npz").items()}
   loss0 = O.Objective(gen=gen, method="multi_z", layer=2, config=cfg)(init, target, params, vgg)
