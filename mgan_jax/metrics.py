@@ -1,11 +1,11 @@
 """Image quality metrics of results against clean targets: PSNR, SSIM, LPIPS, colorization AuC.
 
-Images come in as [-1, 1] floats (H, W, 3) or uint8; both are mapped to [0, 1] (floats clipped)
-before measuring, so a metric computed here from the written PNGs equals the one in the metrics
-JSON (the CLI measures the 8-bit images it writes). SSIM is ``dm_pix.ssim`` with its defaults
-(Gaussian window 11, sigma 1.5, k1 0.01, k2 0.03; the mean over the channels of the SSIM map),
-PSNR ``dm_pix.psnr`` (max value 1): ``-10 log10(mean (a - b)^2)``; identical images give +inf,
-reported as ``float('inf')``.
+Images come in as [-1, 1] floats (H, W, 3) or uint8. For PSNR, SSIM and AuC both are mapped to
+[0, 1] (floats clipped) before measuring, so a metric computed here from the written PNGs equals
+the one in the metrics JSON (the CLI measures the 8-bit images it writes). SSIM is
+``dm_pix.ssim`` with its defaults (Gaussian window 11, sigma 1.5, k1 0.01, k2 0.03; the mean over
+the channels of the SSIM map), PSNR ``dm_pix.psnr`` (max value 1): ``-10 log10(mean (a - b)^2)``;
+identical images give +inf, reported as ``float('inf')``.
 
 LPIPS (``lpips``, ``lpips_batch``): version 0.1 with the VGG16 or AlexNet trunk
 (``mgan_jax.lpips``; weights from ``mgan_jax.assets.lpips_params(net)``), on [-1, 1] inputs:
@@ -23,13 +23,11 @@ mean over pixels of ``max(0, 1 - error / 150)``.) Lab is computed from sRGB (IEC
 transfer curve, linear RGB -> XYZ with the sRGB/D65 matrix) relative to the D65 white of the
 CIE 1931 2-degree observer (0.95047, 1, 1.08883), with the CIE f(t) = t^(1/3) above
 (6/29)^3 = 0.008856 and 7.787 t + 16/116 below -- the constants of ``skimage.color.rgb2lab``,
-which the authors' released code (richzhang/colorization) uses. Inputs as for PSNR: uint8, or [-1, 1] floats (clipped).
-The class-rebalanced variant of the paper's Table 1 is not provided (it needs ImageNet's ab
-prior).
+which the authors' released code (richzhang/colorization) uses. The class-rebalanced variant of
+the paper's Table 1 is not provided (it needs the ImageNet ab prior).
 """
 
 from __future__ import annotations
-
 
 from typing import Mapping
 
