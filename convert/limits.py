@@ -5,7 +5,7 @@ cannot make the reader allocate much more than the file itself:
 
 * ``max_file_bytes`` -- bytes of one input: the file on disk, and separately everything
   materialised from it (archive members inflated from a wheel / zip / tar.gz, torch storages
-  read, arrays built), counted together. Default 4 GiB (the largest official file, a
+  read, arrays built), counted together. Default 2 GiB (the largest official file, a
   torchvision VGG16 ``.pth``, is 0.53 GB and materialises about twice that). Environment ``MGAN_JAX_MAX_FILE_BYTES``; ``python -m convert --max-file-bytes``.
 * ``max_tensor_elements`` -- elements of one tensor / array. Default 2**27 (134M: 512 MiB of
   float32; the largest official tensor, VGG16 ``classifier.0.weight``, has 103M).
@@ -13,6 +13,9 @@ cannot make the reader allocate much more than the file itself:
 * ``max_pickle_ops`` -- opcodes executed by one pickle (each creates at most a few hundred
   bytes of Python objects). Default 2,000,000 (an official StyleGAN2 TF pickle needs about
   100k). ``MGAN_JAX_MAX_PICKLE_OPS``; ``--max-pickle-ops``.
+
+Reading a file of S bytes needs at most about ``2 S + 2 max_file_bytes + 200 B max_pickle_ops
++ 12 MB`` beyond the interpreter (docs/security.md).
 
 Values accept a plain integer or a binary suffix (``512M``, ``4G``, ``1T``; ``K`` = 1024).
 
@@ -42,7 +45,7 @@ from mgan_jax.errors import UserError
 @dataclasses.dataclass(frozen=True)
 class Limits:
   """Caps applied while reading one weight file (see the module docstring)."""
-  max_file_bytes: int = 4 * 1024 ** 3
+  max_file_bytes: int = 2 * 1024 ** 3
   max_tensor_elements: int = 2 ** 27
   max_pickle_ops: int = 2_000_000
 

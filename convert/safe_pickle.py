@@ -12,8 +12,9 @@ can call, construct or mutate an object replaced:
 * ``BUILD`` only calls ``_pickle_build`` of a ``PickleObject`` instance (each validates its
   state and accepts it once); it never sets attributes or calls ``__setstate__``;
 * ``SETITEM(S)``/``DICT`` only fill plain dicts and refuse duplicate keys; ``APPEND(S)`` only
-  fill lists, ``ADDITEMS`` only sets; extension codes, out-of-band buffers and ``BYTEARRAY8``
-  are refused; persistent ids are refused unless a subclass handles them (the torch readers);
+  fill lists, ``ADDITEMS`` only sets; ``BYTEARRAY8`` allocates only data that is present;
+  extension codes and out-of-band buffers are refused; persistent ids are refused unless a
+  subclass handles them (the torch readers);
 * every opcode counts against ``convert.limits`` ``max_pickle_ops``, every array against the
   per-tensor element cap and the per-file byte budget.
 
@@ -368,6 +369,17 @@ def _reconstruct(subtype: Any, shape: Any = (0,), typecode: Any = b"b") -> Array
   return ArrayStub()
 
 
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any = "C") -> np.ndarray:
+  """``numpy.core.numeric._frombuffer`` (protocol-5 numpy pickles): a checked copy."""
+  dt = _resolve_dtype(dtype, "numpy array")
+  shape = _shape(tuple(shape) if isinstance(shape, list) else shape, "numpy array")
+  if order not in ("C", "F"):
+    raise UnsafePickleError(f"numpy array order {short(order)} is not 'C' or 'F'")
+  return array_from_bytes(buf, dt, shape, what=f"numpy array of shape {shape}",
+                          fortran=order == "F", declared="big" if dt.byteorder == ">"
+                          else "little")
+
+
 def _scalar(dtype: Any, data: Any = None) -> Any:
   """``numpy.core.multiarray.scalar(dtype, bytes)`` -> a numpy scalar (plain dtypes only)."""
   dt = _resolve_dtype(dtype, "numpy scalar")
@@ -385,6 +397,13 @@ def _latin1_encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -
   return text.encode("latin1")
 
 
+def _empty_bytes(*args: Any) -> bytes:
+  """``bytes()`` as protocol-0/1/2 pickles write an empty ``bytes`` object."""
+  if args:
+    raise UnsafePickleError(f"refusing bytes{short(args)}: only bytes() is used by pickles")
+  return b""
+
+
 def _numpy_globals() -> dict[tuple[str, str], Any]:
   out: dict[tuple[str, str], Any] = {
       ("numpy", "ndarray"): Token("numpy.ndarray", np.ndarray),   # data only: not callable
@@ -392,10 +411,14 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
       ("ml_dtypes", "bfloat16"): Token("ml_dtypes.bfloat16", _bfloat16()),
       # bytes in protocol-2 pickles
       ("_codecs", "encode"): SafeCallable(_latin1_encode, "_codecs.encode"),
+      ("__builtin__", "bytes"): SafeCallable(_empty_bytes, "bytes"),
+      ("builtins", "bytes"): SafeCallable(_empty_bytes, "bytes"),
   }
   for base in ("numpy.core.multiarray", "numpy._core.multiarray"):
     out[(base, "_reconstruct")] = SafeCallable(_reconstruct, f"{base}._reconstruct")
     out[(base, "scalar")] = SafeCallable(_scalar, f"{base}.scalar")
+  for base in ("numpy.core.numeric", "numpy._core.numeric"):
+    out[(base, "_frombuffer")] = SafeCallable(_frombuffer, f"{base}._frombuffer")
   return out
 
 
@@ -623,6 +646,17 @@ class RestrictedUnpickler(_Base):
     items = self.pop_mark()
     self._list_target().extend(items)
 
+  def _bytearray8(self) -> None:
+    """BYTEARRAY8 (protocol 5): the length is checked against the cap and the data actually
+    present before anything is allocated."""
+    (n,) = struct.unpack("<Q", self.read(8))
+    limits.check_file_size(n, self.name, "BYTEARRAY8 object")
+    data = self.read(n)
+    if len(data) != n:
+      raise UnsafePickleError(f"{self.name}: BYTEARRAY8 of {n} bytes, but the pickle ends after "
+                              f"{len(data)}")
+    self.append(bytearray(data))
+
   def _additems(self) -> None:
     items = self.pop_mark()
     s = self.stack[-1]
@@ -653,7 +687,7 @@ def _dispatch() -> dict:
       _OP["SETITEM"]: R._setitem, _OP["SETITEMS"]: R._setitems, _OP["DICT"]: R._dict,
       _OP["APPEND"]: R._append, _OP["APPENDS"]: R._appends, _OP["ADDITEMS"]: R._additems,
       _OP["EXT1"]: _refuse("extension codes"), _OP["EXT2"]: _refuse("extension codes"),
-      _OP["EXT4"]: _refuse("extension codes"), _OP["BYTEARRAY8"]: _refuse("BYTEARRAY8"),
+      _OP["EXT4"]: _refuse("extension codes"), _OP["BYTEARRAY8"]: R._bytearray8,
       _OP["NEXT_BUFFER"]: _refuse("out-of-band buffers"),
       _OP["READONLY_BUFFER"]: _refuse("out-of-band buffers"),
   })
