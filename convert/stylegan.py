@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from convert.registry import Conversion, FamilyConverter
+from convert.registry import Conversion, FamilyConverter, weight
 from convert.tf_pickle import check_lod, tf_resolution
 from mgan_jax.errors import UserError
 from mgan_jax.generators.stylegan import StyleGAN, _layer_name
@@ -46,10 +46,6 @@ LAYOUTS: dict[str, tuple[Callable[[np.ndarray], np.ndarray],
     "nchw": (lambda a: a.transpose(0, 2, 3, 1), lambda t: (t[0], t[3], t[1], t[2])),
     "flip": (lambda a: a[::-1, ::-1], lambda t: t),
 }
-
-
-def as_f32(v: Any) -> np.ndarray:
-  return np.asarray(v, dtype=np.float32)
 
 
 def flat_shapes(spec: Any) -> dict[str, tuple[int, ...]]:
@@ -78,7 +74,7 @@ def fill_params(spec: Any, source: Mapping[str, Any], table: Mapping[str, tuple[
     key, layout = table[path]
     if key not in source:
       raise UserError(f"{what}: missing {noun} {key}")
-    value = as_f32(source[key])
+    value = weight(key, source[key], what)
     fwd, src_shape = LAYOUTS[layout]
     want = tuple(src_shape(shape))
     if tuple(value.shape) != want:

