@@ -119,6 +119,16 @@ def load_boundary(path: str | os.PathLike, *, dim: int | None = None,
   if not p.is_file():
     raise UserError(f"{what}: no such file")
   try:
+    with open(p, "rb") as f:
+      magic = f.read(6)
+  except OSError as e:
+    raise UserError(f"{what}: cannot read ({e.strerror or e})") from None
+  if magic[:4] == b"PK\x03\x04":
+    raise UserError(f"{what}: is an .npz archive; a boundary is one .npy array of shape (1, D)")
+  if magic != b"\x93NUMPY":
+    raise UserError(f"{what}: not a .npy file; a boundary is one numpy array of shape (1, D) "
+                    "saved with numpy.save")
+  try:
     arr = np.load(p, allow_pickle=False)
   except ValueError as e:
     if "allow_pickle" in str(e):
@@ -127,9 +137,6 @@ def load_boundary(path: str | os.PathLike, *, dim: int | None = None,
     raise UserError(f"{what}: cannot read as a .npy array ({str(e).splitlines()[0]})") from None
   except (OSError, EOFError) as e:
     raise UserError(f"{what}: cannot read as a .npy array ({e})") from None
-  if isinstance(arr, np.lib.npyio.NpzFile):
-    arr.close()
-    raise UserError(f"{what}: is an .npz archive; a boundary is one .npy array of shape (1, D)")
   if not np.issubdtype(arr.dtype, np.floating):
     raise UserError(f"{what}: dtype {arr.dtype}; a boundary is a float array of shape (1, D)")
   if arr.ndim == 2 and arr.shape[0] == 1:
