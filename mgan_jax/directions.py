@@ -65,12 +65,14 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from mgan_jax.errors import UserError
-from mgan_jax.generators.base import Generator
+
+if TYPE_CHECKING:   # only for annotations: reading boundary files needs no jax
+  from mgan_jax.generators.base import Generator
 
 #: Bump when the factorisation or the cache file layout changes (part of the cache key).
 SEFA_VERSION = 1
@@ -161,7 +163,7 @@ def load_boundary(path: str | os.PathLike, *, dim: int | None = None,
 # SeFa.
 # ----------------------------------------------------------------------------------------------
 def parse_layers(layers: str | int | Sequence[int] | None, num_layers: int, *,
-                 flag: str = "layers") -> tuple[int, ...]:
+                 flag: str = "layers", noun: str = "w+ entries") -> tuple[int, ...]:
   """``'all'`` / None -> 0..num_layers-1; ``'0-3'``, ``'0,2,5'``, ``'1-2,7'``, an int or a
   sequence of ints -> the sorted unique indices. ValueError names ``flag`` and the valid range.
   """
@@ -191,8 +193,8 @@ def parse_layers(layers: str | int | Sequence[int] | None, num_layers: int, *,
     raise ValueError(f"{flag}: no layer selected")
   bad = [i for i in idx if not 0 <= i < num_layers]
   if bad:
-    raise ValueError(f"{flag} {layers!r}: layer {bad[0]} is out of range (this model has w+ "
-                     f"entries 0..{num_layers - 1})")
+    raise ValueError(f"{flag} {layers!r}: {bad[0]} is out of range (this model has {noun} "
+                     f"0..{num_layers - 1})")
   return idx
 
 
@@ -335,6 +337,9 @@ def cached_sefa(gen: Generator, params: Mapping[str, Any],
       np.savez(f, eigenvalues=fac.eigenvalues, directions=fac.directions,
                layers=np.asarray(fac.layers, np.int64), family=np.array(gen.family),
                version=np.array(SEFA_VERSION))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)            # mkstemp makes 0600; cache files follow the umask
     os.replace(tmp, path)
   except BaseException:
     Path(tmp).unlink(missing_ok=True)
