@@ -7,6 +7,8 @@ Public modules (imported on first attribute access, so ``import mgan_jax`` stays
 * ``latents``, ``objective``, ``optimize``, ``operators``, ``perceptual`` -- the inversion engine
 * ``tasks``, ``imageio``, ``metrics``, ``runner``, ``app`` -- the user pipeline and CLI
 * ``sharding``, ``resume`` -- many devices and hosts, preemption-safe runs
+* ``directions``, ``edits``, ``manipulate`` -- semantic editing (SeFa, boundary files),
+  interpolation, style mixing and their CLI
 * ``assets`` -- the pinned default prior and VGG16 weights, fetched and cached on first use
 """
 
@@ -14,9 +16,9 @@ import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["app", "assets", "checkpoint", "errors", "generators", "imageio", "latents",
-           "metrics", "objective", "operators", "optimize", "perceptual", "resume", "runner",
-           "sharding", "tasks"]
+__all__ = ["app", "assets", "checkpoint", "directions", "edits", "errors", "generators",
+           "imageio", "latents", "manipulate", "metrics", "objective", "operators", "optimize",
+           "perceptual", "resume", "runner", "sharding", "tasks"]
 
 
 def __getattr__(name):

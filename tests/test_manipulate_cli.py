@@ -158,7 +158,7 @@ def test_image_is_inverted_then_edited(tmp_path, monkeypatch):
   monkeypatch.setattr(manipulate, "_sefa_cache", lambda: tmp_path / "cache" / "sefa")
   out = tmp_path / "out"
   assert manipulate.main(["--image", str(SAMPLE), "--direction", "sefa:0", "--steps", "3",
-                          "--invert-args", "--codes 4 --iterations 2 --chunk 2", "--out",
+                          "--invert-args", "--codes 4 --iterations 1", "--out",
                           str(out), "--quiet"]) == 0
   inv = out / "inversion" / SAMPLE.stem
   assert (inv / "result.png").is_file()
