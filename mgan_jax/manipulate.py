@@ -330,9 +330,11 @@ def resolve_directions(specs: Sequence[str], gen: Any, params: Any, *, sefa_laye
     m = _SEFA.match(spec)
     if m is None:
       vec = directions_lib.load_boundary(spec, dim=dim)
-      out.append(Direction(_label(Path(spec).stem), vec, {
-          "source": "boundary", "file": os.fspath(spec),
-          "norm": float(np.linalg.norm(vec.astype(np.float64)))}))
+      norm = float(np.linalg.norm(vec.astype(np.float64)))
+      info = {"source": "boundary", "file": os.fspath(spec), "norm": norm}
+      if abs(norm - 1.0) > 1e-3:
+        info["note"] = "not unit norm: the steps are in units of this vector's length"
+      out.append(Direction(_label(Path(spec).stem), vec, info))
       continue
     if fac is None:
       try:
