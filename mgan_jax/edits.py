@@ -48,6 +48,7 @@ import functools
 import math
 from typing import Any, Mapping, Sequence
 
+import chex
 import jax
 import numpy as np
 
@@ -154,7 +155,8 @@ def move(gen: Generator, latents: Mapping[str, Any], direction: Any, steps: Sequ
   dim = edit_dim(gen, method)
   if v.shape != (dim,):
     raise ValueError(f"direction has {v.size} dimensions; {key} codes of this model have {dim}")
-  s = np.asarray(steps, np.float64).reshape(-1)
+  s = np.asarray(steps, np.float64)
+  chex.assert_rank(s, 1)
   if key == "wp":
     rows = parse_layers(layers, code.shape[1])
     delta = np.zeros(code.shape[1:], np.float64)                      # (L, W)
@@ -300,6 +302,7 @@ def render_frames(gen: Generator, params: Mapping[str, Any], frames: Mapping[str
   convolutions round differently (measured on CPU: up to 5e-6 on images of magnitude ~2).
   """
   frames = {k: np.asarray(v, np.float32) for k, v in frames.items()}
+  chex.assert_equal_shape_prefix(list(frames.values()), 1)      # one leading frame axis F
   return np.asarray(_render(gen, params, frames, method=method, layer=layer,
                             truncation=truncation, vmap=bool(vmap)))
 

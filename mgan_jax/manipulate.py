@@ -336,16 +336,18 @@ def resolve_directions(specs: Sequence[str], gen: Any, params: Any, *, sefa_laye
         info["note"] = "not unit norm: the steps are in units of this vector's length"
       out.append(Direction(_label(Path(spec).stem), vec, info))
       continue
+    try:
+      space = directions_lib.sefa_space(gen)
+      count = gen.latent_dim if space == "z" else int(gen.synthesis_input_shape()[-1])
+      idx = directions_lib.parse_layers(m.group(1), count, flag=f"--direction {spec}:",
+                                        noun="directions")
+    except ValueError as e:
+      raise UserError(str(e)) from None
     if fac is None:
       try:
         fac = directions_lib.cached_sefa(gen, params, sefa_layers, cache=cache)
       except ValueError as e:
         raise UserError(f"--sefa-layers {sefa_layers}: {e}") from None
-    try:
-      idx = directions_lib.parse_layers(m.group(1), len(fac.eigenvalues),
-                                        flag=f"--direction {spec}:", noun="directions")
-    except ValueError as e:
-      raise UserError(str(e)) from None
     for k in idx:
       out.append(Direction(f"sefa{k}", fac.direction(k), {
           "source": "sefa", "index": k, "eigenvalue": float(fac.eigenvalues[k]),
@@ -360,6 +362,22 @@ def resolve_directions(specs: Sequence[str], gen: Any, params: Any, *, sefa_laye
     else:
       seen[d.label] = 1
   return out
+
+
+def _check_sefa_space(gen: Any, sources: Sequence[Source]) -> None:
+  """SeFa directions move z (PGGAN, DCGAN) or w / w+ (StyleGAN, StyleGAN2): every input must
+  hold codes of that space (checked before the factorisation runs)."""
+  from mgan_jax import edits
+  try:
+    space = directions_lib.sefa_space(gen)
+  except ValueError as e:
+    raise UserError(f"--direction sefa: {e}") from None
+  for s in sources:
+    key = edits.edit_key(s.method)
+    if (space == "z") != (key == "z"):
+      raise UserError(f"--direction sefa: SeFa directions of this {gen.family} generator move "
+                      f"{space} codes, but {s.path} holds {key} codes (method {s.method}); "
+                      "invert with a method in that space")
 
 
 def _label(stem: str) -> str:
@@ -600,6 +618,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     if len(dims) != 1:
       raise UserError("the latents files edit latent spaces of different sizes "
                       f"({sorted(dims)}); edit them in separate calls")
+    if any(_SEFA.match(spec) for spec in args.direction):
+      _check_sefa_space(gen, sources)
     dirs = resolve_directions(args.direction, gen, params, sefa_layers=args.sefa_layers,
                               dim=dims.pop(), cache=_sefa_cache())
     lo, hi = args.range if args.range is not None else DEFAULT_RANGE
