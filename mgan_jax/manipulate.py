@@ -583,6 +583,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     log(f"{PROG}: {path}")
     return [path]
 
+  mix_src = None
+  if mode == "--mix":   # read before any inversion runs
+    (mix_src,) = read_sources(latents_files([args.mix], flag="--mix"))
   if args.image:
     try:
       extra = shlex.split(args.invert_args)
@@ -592,7 +595,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     if INVERSION_DIR in names:
       raise UserError(f"an input named {INVERSION_DIR!r} would collide with OUT/{INVERSION_DIR}/ "
                       "(the inversions); rename it")
-    _check_free(out, _planned(names, args, mix_name=_mix_name(args)), force=args.force)
+    _check_free(out, _planned(names, args, mix_name=mix_src.name if mix_src else None),
+                force=args.force)
     if mode == "--direction":   # check the direction files before the inversion runs
       for spec in args.direction:
         if not _SEFA.match(spec):
@@ -605,9 +609,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     files = latents_files(args.latents)
   sources = read_sources(files)
   gen, params, label = choose_model(args, sources, log=log)
-  mix_src = None
-  if mode == "--mix":
-    (mix_src,) = read_sources(latents_files([args.mix], flag="--mix"))
+  if mix_src is not None:
     check_model(mix_src, gen, label, explicit_dir=args.checkpoint is not None, log=log)
   _check_free(out, _planned([s.name for s in sources], args,
                             mix_name=mix_src.name if mix_src else None), force=args.force)
@@ -620,6 +622,15 @@ def run(args: argparse.Namespace) -> list[Path]:
                       f"({sorted(dims)}); edit them in separate calls")
     if any(_SEFA.match(spec) for spec in args.direction):
       _check_sefa_space(gen, sources)
+    if args.layers is not None:   # every input checked before the first is written
+      for s in sources:
+        if edits.edit_key(s.method) != "wp":
+          raise UserError(f"--layers applies to w+ latents; {s.path} holds "
+                          f"{edits.edit_key(s.method)} codes (method {s.method})")
+      try:
+        directions_lib.parse_layers(args.layers, gen.num_layers, flag="--layers")
+      except ValueError as e:
+        raise UserError(str(e)) from None
     dirs = resolve_directions(args.direction, gen, params, sefa_layers=args.sefa_layers,
                               dim=dims.pop(), cache=_sefa_cache())
     lo, hi = args.range if args.range is not None else DEFAULT_RANGE
@@ -635,13 +646,6 @@ def run(args: argparse.Namespace) -> list[Path]:
       written.append(path)
   log(f"done: {len(written)} input(s) in {time.perf_counter() - t0:.1f} s")
   return written
-
-
-def _mix_name(args: argparse.Namespace) -> str | None:
-  if not args.mix:
-    return None
-  p = latents_files([args.mix], flag="--mix")[0]
-  return p.parent.name if p.name == "latents.npz" and p.parent.name else p.stem
 
 
 def _planned(names: Sequence[str], args: argparse.Namespace, *, mix_name: str | None
