@@ -19,11 +19,13 @@ LAYERS = {
     2: ("files", ["mgan_jax.fileio", "mgan_jax.checkpoint", "mgan_jax.latents_io",
                   "mgan_jax.imageio", "mgan_jax.runstate", "mgan_jax.batch_checkpoint"]),
     3: ("pipeline", ["mgan_jax.tasks", "mgan_jax.pipeline", "mgan_jax.outputs",
-                     "mgan_jax.progress", "mgan_jax.resumable", "mgan_jax.defaults"]),
+                     "mgan_jax.progress", "mgan_jax.resumable", "mgan_jax.defaults",
+                     "mgan_jax.directions", "mgan_jax.edits"]),
     4: ("weight readers", ["convert", "convert.*"]),
     5: ("assets", ["mgan_jax.assets"]),
     6: ("command lines", ["mgan_jax.cli", "mgan_jax.invert", "mgan_jax.invert_images",
-                          "mgan_jax.invert_reproduce", "mgan_jax.generate", "convert.__main__"]),
+                          "mgan_jax.invert_reproduce", "mgan_jax.generate",
+                          "mgan_jax.manipulate", "convert.__main__"]),
 }
 
 
