@@ -42,6 +42,7 @@ import dataclasses
 import glob
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -96,7 +97,10 @@ def open_image(path: str | os.PathLike):
   if not path.is_file():
     raise UserError(f"{path}: no such image file")
   try:
-    with Image.open(path) as im:
+    with warnings.catch_warnings():      # our own cap (MAX_PIXELS) is lower than PIL's warning
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      im = Image.open(path)
+    with im:
       w, h = im.size
       if w * h > MAX_PIXELS:
         raise UserError(f"{path}: image is {w}x{h} ({w * h / 1e6:.0f} megapixels); at most "
@@ -350,7 +354,7 @@ def output_names(paths: Sequence[Path]) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 def to_uint8(image: np.ndarray) -> np.ndarray:
   """[-1, 1] float (H, W, C) -> uint8 (clipped, rounded)."""
-  x = (np.clip(np.asarray(image, np.float32), -1.0, 1.0) + 1.0) * 127.5
+  x = (np.clip(np.nan_to_num(np.asarray(image, np.float32)), -1.0, 1.0) + 1.0) * 127.5
   return np.round(x).astype(np.uint8)
 
 

@@ -33,6 +33,8 @@ from mgan_jax import cli, defaults as defaults_lib, imageio, tasks
 from mgan_jax.errors import UserError, cli_entry
 
 PROG = "python -m mgan_jax.invert"
+#: Exit status when some images failed numerically (the others were written).
+EXIT_FAILED_IMAGES = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, shown: Mapping[str, Any] | None = None
@@ -338,15 +340,23 @@ def run(args: argparse.Namespace) -> int:
     written = resumable.run_items(items, inverter, out=args.out, state=state,
                                   progress=progress, run_info=run_info,
                                   latents_meta=latents_meta)
-  summary = []
+  summary, failed = [], []
   for path in written:
     m = json.loads((path / "metrics.json").read_text())
+    if m.get("status") == "failed":
+      failed.append(path)
+      summary.append(f"  {path}  FAILED: {m.get('reason')}")
+      continue
     psnr = m["metrics"].get("psnr")
     summary.append(f"  {path}" + (f"  PSNR {psnr:.2f} dB  SSIM {m['metrics']['ssim']:.4f}"
                                    if psnr is not None else ""))
   log("\n".join(summary))
   log(f"done: {len(written)} image(s) in {time.perf_counter() - t_start:.1f} s "
       f"(compile {inverter.compile_seconds:.1f} s)")
+  if failed:
+    print(f"{PROG}: {len(failed)} of {len(written)} image(s) failed (see their metrics.json; "
+          "rerun with --force and other settings to recompute them)", file=sys.stderr)
+    return EXIT_FAILED_IMAGES
   return 0
 
 

@@ -1,7 +1,7 @@
 """PGGAN: the Flax generator and its converter against the official PyTorch outputs.
 
 Golden values: tests/fixtures/pggan64_ref.npz (official genforce forward, see
-/work/shared/fixtures/README.md); the same weights in three official formats are converted with
+tests/fixtures/README.md); the same weights in three official formats are converted with
 ``python -m convert`` (its ``main``) and must reproduce them within 1e-4.
 """
 

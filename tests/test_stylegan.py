@@ -1,7 +1,7 @@
 """StyleGAN v1: the Flax generator and its converters against the official PyTorch outputs.
 
 Golden values: tests/fixtures/stylegan128_ref.npz (official genforce ``StyleGANGeneratorNet``
-forward, see /work/shared/fixtures/README.md). The same weights in the genforce ``.pth`` and the
+forward, see tests/fixtures/README.md). The same weights in the genforce ``.pth`` and the
 NVIDIA TF pickle layouts are converted with ``python -m convert`` (its ``main``), loaded with
 ``load_model`` and must reproduce w, the truncated w+, and the images within 3e-4.
 """

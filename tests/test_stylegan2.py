@@ -1,7 +1,7 @@
 """StyleGAN2 (config-f, skip): the Flax generator and its converters against the official outputs.
 
 Golden values: tests/fixtures/stylegan2_64_ref.npz (official genforce ``StyleGAN2GeneratorNet``
-forward, see /work/shared/fixtures/README.md). The same weights in the genforce ``.pth`` and the
+forward, see tests/fixtures/README.md). The same weights in the genforce ``.pth`` and the
 NVIDIA TF pickle layouts are converted with ``python -m convert`` (its ``main``), loaded with
 ``load_model`` and must reproduce w, the truncated w+, and the images within 1e-4.
 """
