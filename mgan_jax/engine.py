@@ -186,6 +186,19 @@ def _compiled(kind: str, static: tuple, trees: tuple, shardings: tuple) -> tuple
   return exe, time.perf_counter() - t0
 
 
+def trim_heap() -> bool:
+  """Return freed heap pages to the OS (glibc ``malloc_trim``; False where unavailable).
+
+  XLA's compiler frees a lot of memory that the allocator would otherwise keep: trimming after
+  compiling lowers a run's peak RSS by about a third on the CPU (docs/engine.md)."""
+  try:
+    import ctypes
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return True
+  except (OSError, AttributeError):
+    return False
+
+
 def clear_cache() -> None:
   """Forget the compiled programs of this process (e.g. after changing a global JAX option)."""
   _PROGRAMS.clear()
@@ -261,6 +274,7 @@ class Engine:
 
   def _programs(self, lat, st, args) -> tuple[dict, Any]:
     """The compiled chunk programs (by step count) and the render program (or None)."""
+    compiled_before = self.compile_seconds
     progs = {}
     for steps in sorted(set(self.plan)):
       static = (self.loss_fn, self.tx, steps, unroll_for(steps), self.render_fn, self.arg_axes,
@@ -273,6 +287,8 @@ class Engine:
       render, dt = _compiled("render", (self.render_fn, self.arg_axes, self.mesh), (lat, args),
                              (self._data, self._arg_shardings()))
       self.compile_seconds += dt
+    if self.compile_seconds > compiled_before:
+      trim_heap()
     return progs, render
 
   def compile(self, latents: Any, args: Sequence[Any]) -> float:
@@ -423,4 +439,5 @@ def optimize(loss_fn: Callable[..., Array], latents: Any, args: Sequence[Any], *
 
 
 __all__ = ["Engine", "BatchState", "BatchResult", "run_batch", "optimize", "OptimizeResult",
-           "chunk_boundaries", "chunk_plan", "default_chunk", "unroll_for", "clear_cache"]
+           "chunk_boundaries", "chunk_plan", "default_chunk", "unroll_for", "clear_cache",
+           "trim_heap"]

@@ -91,6 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, shown: Mapping[str, Any] |
   r.add_argument("--force", action="store_true",
                  help="recompute the named images and replace their outputs")
   r.add_argument("--quiet", action="store_true", help="no progress output")
+  cli.add_compile_cache_argument(r)
   r.add_argument("--checkpoint-every", type=cli.int_arg(0), default=0, metavar="K",
                  help="checkpoint the batch in flight every K iterations (OUT/.mgan_jax_run/): "
                       "rerunning the same command after a kill resumes it; finished images "
@@ -273,6 +274,7 @@ def run(args: argparse.Namespace) -> int:
   t_start = time.perf_counter()
   log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr,
                                                                   flush=True))
+  cli.enable_compile_cache(args)
   process_index, process_count = sharding.initialize_distributed(
       args.coordinator, args.num_processes, args.process_id)
   gen, gen_params, model_label, model_name = cli.load_model(args)

@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="GIF frame duration in milliseconds (default 120)")
   o.add_argument("--force", action="store_true", help="replace existing outputs")
   o.add_argument("--quiet", action="store_true", help="no progress messages")
+  cli.add_compile_cache_argument(o)
   return p
 
 
@@ -565,6 +566,7 @@ def run(args: argparse.Namespace) -> list[Path]:
   log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr,
                                                                   flush=True))
   mode = _check_args(args)
+  cli.enable_compile_cache(args)
   out = Path(args.out)
   command = " ".join([PROG, *map(shlex.quote, getattr(args, "argv", None) or sys.argv[1:])])
   if mode == "--interpolate":
@@ -660,7 +662,8 @@ def main_impl(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
-main = cli_entry(main_impl)
+main = cli_entry(main_impl, interrupted="interrupted; finished outputs are kept, nothing "
+                                       "half-written was left")
 
 
 if __name__ == "__main__":
