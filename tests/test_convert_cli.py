@@ -148,8 +148,8 @@ def test_tf_pickle_gives_gs_to_the_converter(tmp_path, capsys, fake):
 
 def _wheel_bytes() -> bytes:
   tensors = {"layer0.conv.weight": ("0", "FloatStorage", 12, 0, (3, 4), (4, 1))}
-  inner = B.torch_zip_bytes(B.torch_main_pickle(tensors, legacy=False, wrapper="netG_state_dict"),
-                            {"0": B.F32.tobytes()}, top="weights")
+  inner = B.torch_zip(B.torch_main_pickle(tensors, legacy=False, wrapper="netG_state_dict"),
+                      {"0": B.F32.tobytes()}, top="weights")
   buf = io.BytesIO()
   with zipfile.ZipFile(buf, "w") as zf:
     zf.writestr("gan_face_generate/models.py", "print('never run')\n")

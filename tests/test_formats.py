@@ -1,7 +1,7 @@
 """Torch-free / TF-free weight-file readers: fixtures, crafted tensors, malicious pickles.
 
 Also defines the byte-level pickle builders used by tests/test_convert_cli.py (loaded there by
-path): ``evil_pickle``, ``torch_zip_bytes``, ``torch_legacy_bytes``, ``tf_network_pickle``.
+path): ``evil_pickle``, ``torch_legacy_bytes`` (and ``hostile_corpus.torch_zip``), ``tf_network_pickle``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from convert import (TFNetwork, UnsafePickleError, find_state_dict, flat_state_d
                      load_plain_pickle, read_gs, read_tf_pickle, read_torch_file)
 from convert.safe_pickle import restricted_load
 from convert.torch_pth import LEGACY_MAGIC, is_torch_legacy, is_torch_zip
+from hostile_corpus import torch_zip
 from mgan_jax.errors import UserError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -91,19 +92,6 @@ def torch_main_pickle(tensors: dict, *, legacy: bool, wrapper: str | None = None
   return b"\x80\x02" + body + b"."
 
 
-def torch_zip_bytes(main_pickle: bytes, storages: dict[str, bytes], *, top: str = "archive",
-                    byteorder: str | None = "little") -> bytes:
-  buf = io.BytesIO()
-  with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-    zf.writestr(f"{top}/data.pkl", main_pickle)
-    if byteorder is not None:
-      zf.writestr(f"{top}/byteorder", byteorder)
-    for k, v in storages.items():
-      zf.writestr(f"{top}/data/{k}", v)
-    zf.writestr(f"{top}/version", "3\n")
-  return buf.getvalue()
-
-
 def torch_legacy_bytes(main_pickle: bytes, storages: dict[str, tuple[int, bytes]]) -> bytes:
   """Legacy layout: magic, protocol, sys_info, main pickle, key list, (int64 numel, bytes)*."""
   out = pickle.dumps(LEGACY_MAGIC, protocol=2) + pickle.dumps(1001, protocol=2)
@@ -149,7 +137,7 @@ EXPECTED = {
 def _crafted(kind: str, **kw) -> bytes:
   raw = {"0": F32.tobytes(), "1": F16.tobytes(), "2": I64.tobytes()}
   if kind == "zip":
-    return torch_zip_bytes(torch_main_pickle(TENSORS, legacy=False), raw, **kw)
+    return torch_zip(torch_main_pickle(TENSORS, legacy=False), raw, **kw)
   sizes = {"0": 12, "1": 6, "2": 4}
   return torch_legacy_bytes(torch_main_pickle(TENSORS, legacy=True),
                             {k: (sizes[k], v) for k, v in raw.items()})
@@ -170,7 +158,7 @@ def test_crafted_tensors_dtype_shape_strides_offset(kind):
 def test_crafted_big_endian_zip_and_other_top_folder():
   raw = {"0": F32.astype(">f4").tobytes(), "1": F16.astype(">f2").tobytes(),
          "2": I64.astype(">i8").tobytes()}
-  data = torch_zip_bytes(torch_main_pickle(TENSORS, legacy=False), raw, top="weights",
+  data = torch_zip(torch_main_pickle(TENSORS, legacy=False), raw, top="weights",
                          byteorder="big")
   got = read_torch_file(data, name="be.pth")
   for k, want in EXPECTED.items():
@@ -180,20 +168,20 @@ def test_crafted_big_endian_zip_and_other_top_folder():
 
 def test_tensor_past_its_storage_is_refused():
   bad = {"x": ("0", "FloatStorage", 12, 4, (3, 3), (3, 1))}  # needs 13 elements
-  data = torch_zip_bytes(torch_main_pickle(bad, legacy=False), {"0": F32.tobytes()})
+  data = torch_zip(torch_main_pickle(bad, legacy=False), {"0": F32.tobytes()})
   with pytest.raises(UserError, match=r"^bad.pth:archive/data.pkl: tensor .* reads past its st"):
     read_torch_file(data, name="bad.pth")
 
 
 def test_truncated_storage_is_refused():
-  data = torch_zip_bytes(torch_main_pickle(TENSORS, legacy=False),
+  data = torch_zip(torch_main_pickle(TENSORS, legacy=False),
                          {"0": F32.tobytes()[:20], "1": F16.tobytes(), "2": I64.tobytes()})
   with pytest.raises(UserError, match="bytes, expected 48"):
     read_torch_file(data, name="short.pth")
 
 
 def test_find_state_dict_wrapper():
-  data = torch_zip_bytes(torch_main_pickle(TENSORS, legacy=False, wrapper="netG_state_dict"),
+  data = torch_zip(torch_main_pickle(TENSORS, legacy=False, wrapper="netG_state_dict"),
                          {"0": F32.tobytes(), "1": F16.tobytes(), "2": I64.tobytes()})
   obj = read_torch_file(data, name="wrapped.pth")
   assert obj["epoch"] == 7
@@ -411,7 +399,7 @@ def test_payloads_are_real(tmp_path, which):
 
 def _containers(payload: bytes) -> dict:
   return {"bare": payload,
-          "torch_zip": torch_zip_bytes(payload, {}),
+          "torch_zip": torch_zip(payload, {}),
           "torch_legacy": torch_legacy_bytes(payload, {})}
 
 
@@ -446,10 +434,10 @@ def test_malicious_storage_type_and_header(tmp_path):
   main = b"\x80\x02" + _g("torch._utils", "_rebuild_tensor_v2") + b"(" + pid + _i(0) \
       + _tup((1,)) + _tup((1,)) + b"\x89N" + b"tR."
   with pytest.raises(UnsafePickleError, match="'os.system'"):
-    read_torch_file(torch_zip_bytes(main, {"0": b"\0" * 4}), name="pid.pth")
+    read_torch_file(torch_zip(main, {"0": b"\0" * 4}), name="pid.pth")
   # a whole pickled model (non-storage persistent id) is refused
   with pytest.raises(UnsafePickleError, match="persistent id of kind 'module'"):
-    read_torch_file(torch_zip_bytes(b"\x80\x02(" + _s("module") + _i(0) + b"tQ.", {}),
+    read_torch_file(torch_zip(b"\x80\x02(" + _s("module") + _i(0) + b"tQ.", {}),
                     name="model.pth")
   # evil global in a legacy header pickle after the magic number
   legacy = (pickle.dumps(LEGACY_MAGIC, protocol=2) + pickle.dumps(1001, protocol=2)
@@ -560,7 +548,7 @@ def test_zip_directory_and_sizes_are_bounded_before_reading():
   with pytest.raises(UserError, match="many.zip: zip central directory of 1,048,577 bytes"):
     open_zip(b"PK\x03\x04" + eocd, "many.zip")
   # a storage entry whose size disagrees with numel x itemsize is refused unread
-  data = torch_zip_bytes(torch_main_pickle({"x": ("0", "FloatStorage", 12, 0, (12,), (1,))},
+  data = torch_zip(torch_main_pickle({"x": ("0", "FloatStorage", 12, 0, (12,), (1,))},
                                            legacy=False), {"0": F32.tobytes() + b"\0" * 4})
   with pytest.raises(UserError, match="archive/data/0: storage has 52 bytes, expected 48"):
     read_torch_file(data, name="long.pth")
@@ -579,7 +567,7 @@ def test_limits_parse_override_and_environment(monkeypatch):
   with limits.override(max_tensor_elements=20, max_file_bytes=None):
     assert limits.current().max_tensor_elements == 20
     assert limits.current().max_file_bytes == limits.DEFAULTS.max_file_bytes
-  data = torch_zip_bytes(torch_main_pickle(TENSORS, legacy=False),
+  data = torch_zip(torch_main_pickle(TENSORS, legacy=False),
                          {"0": F32.tobytes(), "1": F16.tobytes(), "2": I64.tobytes()})
   with pytest.raises(UserError, match=r"c.pth: tensor of size \(3, 4\) .* has 12 elements, over "
                                       r"the cap of 10 per tensor"):
