@@ -151,13 +151,15 @@ class Inverter:
     mesh: the devices a batch is split over (default: all of this process's devices).
     checkpoint_every: K > 0 hands the batch's state to ``on_checkpoint`` every K iterations.
     objective, render: a custom loss and render function (see the module docstring).
+    per_image: ``'vmap'`` (default) or ``'map'``: every image bit-identical to its single-image
+      run whatever the batch size (``engine.Engine``).
   """
 
   def __init__(self, gen: Generator, gen_params: Mapping, vgg_params: Mapping | None,
                settings: Settings, task: tasks.Task, *, batch_size: int,
                mesh: Mesh | None = None, checkpoint_every: int = 0,
                objective: Callable[..., jax.Array] | None = None,
-               render: Callable[..., jax.Array] | None = None):
+               render: Callable[..., jax.Array] | None = None, per_image: str = "vmap"):
     if checkpoint_every < 0:
       raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
     self.gen = gen
@@ -170,7 +172,7 @@ class Inverter:
     self.engine = engine_lib.Engine(
         self.objective, optimizer=settings.optimizer, arg_axes=(0, None, None),
         iterations=settings.iterations, chunk=settings.chunk, checkpoint_every=checkpoint_every,
-        render_fn=render, mesh=mesh, batch_size=batch_size)
+        render_fn=render, mesh=mesh, batch_size=batch_size, per_image=per_image)
     self.mesh = self.engine.mesh
     self.batch_size = self.engine.batch_size
     self.checkpoint_every = self.engine.checkpoint_every
