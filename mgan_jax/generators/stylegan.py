@@ -49,11 +49,30 @@ buffers)::
                      'ToRGB': {'weight': (1, 1, C_R, 3), 'bias': (3,)},
                      'noise0': (1, 4, 4, 1), ..., 'noise{L-1}': (1, R, R, 1)}}
 
-Splitting: ``layer`` = k is the number of synthesis layers run by G1 (k=1: after the const
-layer's epilogue, 4x4; k=2: after the 4x4 conv; k=3/4: the 8x8 layers; ...). ``head(params, wp,
-k)`` returns the NHWC features after layer k-1's epilogue (the StyleMod output), styled by
-``wp[:, :k]``; ``tail(params, f, k, latent=wp)`` runs layers k..L-1 with ``wp[:, k:]`` and the
-ToRGB. Valid k: 1..L (at k = L the tail is only the ToRGB).
+Split layers (the convention of every family, see ``base``): ``layer = k`` means "the features
+after the k-th block"; ``head(params, wp, k)`` runs blocks 1..k and ``tail(params, f, k,
+latent=wp)`` the rest. Blocks of this family: the synthesis layers with their epilogue, block k
+being layer k-1 above and styled by ``wp[:, k-1]`` (so G1 uses ``wp[:, :k]``, G2 ``wp[:, k:]``
+and the ToRGB); the features are the block's StyleMod output. Valid k: 1..L = 2 * log2(R) - 2
+(``split_layers()``; at k = L the tail is only the ToRGB). The official mGANprior code has no
+multi-code StyleGAN, so there is no official ``--composing_layer`` to match.
+``feature_shape(k)`` = (H, W, C) for ``StyleGAN(resolution=256)``::
+
+    k    feature_shape(k)   block k
+    1    (4, 4, 512)        4x4/Const
+    2    (4, 4, 512)        4x4/Conv
+    3    (8, 8, 512)        8x8/Conv0_up
+    4    (8, 8, 512)        8x8/Conv1
+    5    (16, 16, 512)      16x16/Conv0_up
+    6    (16, 16, 512)      16x16/Conv1
+    7    (32, 32, 512)      32x32/Conv0_up
+    8    (32, 32, 512)      32x32/Conv1
+    9    (64, 64, 256)      64x64/Conv0_up
+    10   (64, 64, 256)      64x64/Conv1
+    11   (128, 128, 128)    128x128/Conv0_up
+    12   (128, 128, 128)    128x128/Conv1
+    13   (256, 256, 64)     256x256/Conv0_up
+    14   (256, 256, 64)     256x256/Conv1
 
 Noise (``noise=`` of every synthesis method): ``None`` -> the checkpoint's fixed buffers
 ``noise{i}`` (official ``randomize_noise=False``); a PRNG key -> fresh N(0, 1) noise, layer i
@@ -394,10 +413,10 @@ class _ToRGB(nn.Module):
     return conv2d(x, weight) * (1.0 / math.sqrt(cin)) + bias
 
 
-def random_params(shapes: Any, key: Array, std: Callable[[str], float]) -> dict:
+def random_params(key: Array, shapes: Any, std: Callable[[str], float]) -> dict:
   """Fill a nested dict of ``ShapeDtypeStruct`` (e.g. from ``jax.eval_shape`` of a Flax
-  ``init``) with N(0, std(path)^2) values, path '/'-joined. One normal draw for all leaves
-  (cheap to compile, unlike one RNG op per parameter)."""
+  ``init``) with N(0, std(path)^2) values drawn from ``key``, path '/'-joined. One normal draw
+  for all leaves (cheap to compile, unlike one RNG op per parameter)."""
   flat: list[tuple[str, Any]] = []
 
   def walk(t: Any, prefix: str) -> None:
@@ -486,7 +505,7 @@ class StyleFamily:
         "dlatent_avg": jax.ShapeDtypeStruct((self.w_dim,), jnp.float32),
         "synthesis": jax.eval_shape(self._synth(0, self.num_synthesis_layers, True).init, k0,
                                     None, wp, None)["params"]}
-    return random_params(shapes, key, _init_std)
+    return random_params(key, shapes, _init_std)
 
   def _run(self, params: Params, state: Any, wp: Array, start: int, stop: int, final: bool,
            noise: Any) -> Any:
