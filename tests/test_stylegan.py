@@ -8,6 +8,8 @@ NVIDIA TF pickle layouts are converted with ``python -m convert`` (its ``main``)
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +21,7 @@ from convert.stylegan2 import CONVERTER as CONVERTER2
 from mgan_jax.checkpoint import check_tree
 from mgan_jax.errors import UserError
 from mgan_jax.generators import spec_from_json
+from mgan_jax.generators import stylegan as stylegan_module
 from mgan_jax.generators.stylegan import BLUR_TAPS, StyleGAN, fir_filter
 from parity_helpers import (FIXTURES, assert_official_forward, assert_same_params,
                             convert_formats, load_ref, maxdiff, nhwc, noise_variants,
@@ -207,3 +210,12 @@ def test_fir_filter_matches_a_depthwise_conv_in_float64(taps, padding):
   np.testing.assert_allclose(g, g64, atol=3e-6 * np.abs(g64).max())
   with pytest.raises(ValueError, match="padding"):
     fir_filter(x, taps, (len(taps), 0))
+
+
+def test_documented_split_table():
+  """The module docstring's table k -> feature_shape(k) (H, W, C) is what the spec computes."""
+  rows = re.findall(r"^ +(\d+) +\((\d+), (\d+), (\d+)\) +\S+$", stylegan_module.__doc__, re.M)
+  table = {int(k): (int(h), int(w), int(c)) for k, h, w, c in rows}
+  spec = StyleGAN(resolution=256)
+  assert list(table) == list(spec.split_layers())
+  assert table == {k: spec.feature_shape(k) for k in spec.split_layers()}

@@ -9,6 +9,7 @@ NVIDIA TF pickle layouts are converted with ``python -m convert`` (its ``main``)
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ from convert.stylegan2 import CONVERTER, from_state_dict, from_tf
 from mgan_jax.checkpoint import check_tree
 from mgan_jax.errors import UserError
 from mgan_jax.generators import spec_from_json
+from mgan_jax.generators import stylegan2 as stylegan2_module
 from mgan_jax.generators.stylegan import fir_filter
 from mgan_jax.generators.stylegan2 import (FIR_TAPS, StyleGAN2, conv_transpose_up,
                                            upsample_fir2x)
@@ -245,3 +247,12 @@ def test_ops_match_the_lax_forms_in_float64(op):
   np.testing.assert_allclose(g, g64, atol=3e-6 * np.abs(g64).max())
   with pytest.raises(ValueError, match="3x3"):
     conv_transpose_up(x, w[:1, :1])
+
+
+def test_documented_split_table():
+  """The module docstring's table k -> feature_shape(k) (H, W, C) is what the spec computes."""
+  rows = re.findall(r"^ +(\d+) +\((\d+), (\d+), (\d+)\) +\S+$", stylegan2_module.__doc__, re.M)
+  table = {int(k): (int(h), int(w), int(c)) for k, h, w, c in rows}
+  spec = StyleGAN2(resolution=256)
+  assert list(table) == list(spec.split_layers())
+  assert table == {k: spec.feature_shape(k) for k in spec.split_layers()}

@@ -43,8 +43,31 @@ Parameter tree (TF variable names and layouts)::
                    '8x8': {'Conv0_up': {...}, 'Conv1': {...}, 'ToRGB': {...}}, ...,
                    'noise0': (1, 4, 4, 1), ..., 'noise{L-2}': (1, R, R, 1)}}
 
-Splitting: ``layer`` = k is the number of conv layers run by G1 (k = 1..L-1). G1 uses
-``wp[:, :k]`` and G2 ``wp[:, k:]``. The features are a dict::
+Split layers (the convention of every family, see ``base``): ``layer = k`` means "the features
+after the k-th block"; ``head(params, wp, k)`` runs blocks 1..k and ``tail(params, f, k,
+latent=wp)`` the rest. Blocks of this family: the modulated conv layers, block k being conv
+layer k-1 above and styled by ``wp[:, k-1]`` (so G1 uses ``wp[:, :k]``, G2 ``wp[:, k:]``; the
+unstyled Const is not a block). Valid k: 1..L-1 = 2 * log2(R) - 3 (``split_layers()``). The
+official mGANprior code has no multi-code StyleGAN2, so there is no official
+``--composing_layer`` to match. ``feature_shape(k)`` = (H, W, C) of ``x`` for
+``StyleGAN2(resolution=256)``::
+
+    k    feature_shape(k)   block k
+    1    (4, 4, 512)        4x4/Conv
+    2    (8, 8, 512)        8x8/Conv0_up
+    3    (8, 8, 512)        8x8/Conv1
+    4    (16, 16, 512)      16x16/Conv0_up
+    5    (16, 16, 512)      16x16/Conv1
+    6    (32, 32, 512)      32x32/Conv0_up
+    7    (32, 32, 512)      32x32/Conv1
+    8    (64, 64, 512)      64x64/Conv0_up
+    9    (64, 64, 512)      64x64/Conv1
+    10   (128, 128, 256)    128x128/Conv0_up
+    11   (128, 128, 256)    128x128/Conv1
+    12   (256, 256, 128)    256x256/Conv0_up
+    13   (256, 256, 128)    256x256/Conv1
+
+The features are a dict::
 
     {'x':   (B, H, W, C)  output of conv layer k-1,
      'img': (B, H, W, 3)  the skip image of the previous resolutions, already upsampled to H
