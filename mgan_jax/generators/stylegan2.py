@@ -43,6 +43,15 @@ Parameter tree (TF variable names and layouts)::
                    '8x8': {'Conv0_up': {...}, 'Conv1': {...}, 'ToRGB': {...}}, ...,
                    'noise0': (1, 4, 4, 1), ..., 'noise{L-2}': (1, R, R, 1)}}
 
+The two PyTorch codebases (rosinality/stylegan2-pytorch, NVlabs/stylegan2-ada-pytorch) compute
+this same function and convert onto this tree (``convert/stylegan2_pytorch.py``: kernel layouts
+and flips, modulation biases stored with their +1, NHWC buffers are changed there). What differs
+is configuration of the spec: stylegan2-ada-pytorch's ``conv_clamp`` (every conv layer's output
+after the activation, and every ToRGB output before it is added to the skip image, clipped to
++-conv_clamp), and the default truncation of their generate scripts (psi 1; the centre is
+``dlatent_avg``, from ADA's ``mapping.w_avg`` or rosinality's latent average, on all layers).
+Inference here is float32 throughout (ADA's ``force_fp32=True``).
+
 Split layers (the convention of every family, see ``base``): ``layer = k`` means "the features
 after the k-th block"; ``head(params, wp, k)`` runs blocks 1..k and ``tail(params, f, k,
 latent=wp)`` the rest. Blocks of this family: the modulated conv layers, block k being conv
