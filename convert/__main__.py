@@ -80,16 +80,16 @@ _CAP_FLAGS = (("max_file_bytes", "--max-file-bytes",
                "elements per tensor (default {:,})"),
               ("max_pickle_ops", "--max-pickle-ops", "opcodes per pickle (default {:,})"))
 
-def _conv_clamp(text: str) -> Any:
-  """argparse type of --conv-clamp: a positive number or 'none'."""
-  if text.strip().lower() == "none":
-    return "none"
+def _conv_clamp(text: Optional[str]) -> Any:
+  """--conv-clamp: None (not given), 'none' or a positive number; UserError otherwise."""
+  if text is None or text.strip().lower() == "none":
+    return None if text is None else "none"
   try:
     v = float(text)
   except ValueError:
     v = math.nan
   if not (math.isfinite(v) and v > 0):
-    raise argparse.ArgumentTypeError(f"expected a positive number or 'none', got {text!r}")
+    raise UserError(f"--conv-clamp: expected a positive number or 'none', got {text!r}")
   return v
 
 
@@ -168,7 +168,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
                            "name: g_ema (default) or g of a rosinality checkpoint, G_ema "
                            "(default) or G of a stylegan2-ada-pytorch pickle, any key of a "
                            "dict of state dicts")
-  parser.add_argument("--conv-clamp", metavar="VALUE|none", type=_conv_clamp,
+  parser.add_argument("--conv-clamp", metavar="VALUE|none",
                       help="StyleGAN2: clip every conv activation and ToRGB output to "
                            "+-VALUE (stylegan2-ada-pytorch's conv_clamp); default: what the "
                            "file records, 256 for stylegan2-ada-pytorch state dicts (which "
@@ -179,6 +179,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument(flag, metavar="N", default=None,
                         help=text.format(getattr(limits.DEFAULTS, field)))
   args = parser.parse_args(argv)
+  args.conv_clamp = _conv_clamp(args.conv_clamp)
   caps = {field: (None if getattr(args, field) is None
                   else limits.parse_size(getattr(args, field), what=flag))
           for field, flag, _ in _CAP_FLAGS}
