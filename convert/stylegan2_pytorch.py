@@ -186,9 +186,11 @@ def from_ada(sd: Mapping[str, Any], *, conv_clamp: Optional[float] = ADA_TRAIN_C
              r"synthesis\.b\d+\.conv[01]\.resample_filter": _FIR}
   left = leftovers(sd, used, list(filters), what, noun)
   _check_filters(sd, left, filters, what)
+  value = "none" if conv_clamp is None else f"{conv_clamp:g}"
   notes = () if clamp_recorded else (
-      f"the state dict does not record conv_clamp: using {conv_clamp:g}, the value of "
-      "stylegan2-ada-pytorch's train.py (--conv-clamp none for a network trained with --fp32)",)
+      f"the state dict does not record conv_clamp: using {value} (stylegan2-ada-pytorch's "
+      f"train.py uses {ADA_TRAIN_CONV_CLAMP:g}; --conv-clamp none for a network trained with "
+      "--fp32)",)
   return Conversion(spec=spec, params=params, leftover=left, notes=notes)
 
 
