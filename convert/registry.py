@@ -8,11 +8,18 @@ A family module in ``convert/`` exposes one ``FamilyConverter``. The dispatcher
   ``layer0.conv.weight``);
 * NVIDIA TF pickles arrive as the ``Gs`` ``convert.tf_pickle.TFNetwork`` (stub object with
   ``version``, ``name``, ``static_kwargs``, ``build_func_name``, ``variables`` (list of
-  (name, ndarray)), ``components`` (dict name -> TFNetwork)).
+  (name, ndarray)), ``components`` (dict name -> TFNetwork));
+* NVlabs network pickles (stylegan2-ada-pytorch) arrive as the chosen network, a
+  ``convert.network_pickle.PersistentObject`` (``matches_network`` / ``from_network``).
 
-A converter returns ``Conversion(spec, params, leftover)``: the Flax spec, the params pytree
-(already checked against ``spec.init_params`` structure by ``checkpoint.save_model``) and the
-source keys it deliberately did not use (reported to the user, e.g. ``lod``).
+Checkpoints that keep a generator's extra arrays next to its state dict (rosinality's
+convert_weight.py: ``{'g_ema': ..., 'latent_avg': ...}``) have them handed over inside the
+state dict under the same key (``CHECKPOINT_EXTRAS``).
+
+A converter returns ``Conversion(spec, params, leftover, notes)``: the Flax spec, the params
+pytree (already checked against ``spec.init_params`` structure by ``checkpoint.save_model``),
+the source keys it deliberately did not use (reported to the user, e.g. ``lod``) and notes for
+the user (e.g. a value the file does not record and the converter assumed).
 
 Converters turn every source tensor they use as a weight into float32 with ``weight(key,
 value, what)``, which refuses integer / bool tensors (e.g. an int64 storage where a weight is
@@ -48,11 +55,16 @@ def weight(key: str, value: Any, what: str) -> np.ndarray:
   return out
 
 
+#: top-level arrays of a checkpoint handed to the converters inside its state dict.
+CHECKPOINT_EXTRAS = ("latent_avg",)
+
+
 @dataclasses.dataclass(frozen=True)
 class Conversion:
   spec: Any            # mgan_jax.generators.Generator
   params: dict         # nested dict of np.float32 arrays
   leftover: tuple = () # source keys not used (reported, not an error)
+  notes: tuple = ()    # lines for the user (printed as "note: ...")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +76,9 @@ class FamilyConverter:
   #: does this TF Gs network belong to the family? (usually by build_func_name)
   matches_tf: Optional[Callable[[Any], bool]] = None
   from_tf: Optional[Callable[[Any], Conversion]] = None
+  #: does this network of an NVlabs network pickle (a PersistentObject) belong to the family?
+  matches_network: Optional[Callable[[Any], bool]] = None
+  from_network: Optional[Callable[[Any], Conversion]] = None
 
 
 #: module:attribute of each family converter, imported lazily.

@@ -15,8 +15,10 @@ can call, construct or mutate an object replaced:
   fill lists, ``ADDITEMS`` only sets; ``BYTEARRAY8`` allocates only data that is present;
   extension codes and out-of-band buffers are refused; persistent ids are refused unless a
   subclass handles them (the torch readers);
-* every opcode counts against ``convert.limits`` ``max_pickle_ops``, every array against the
-  per-tensor element cap and the per-file byte budget.
+* every opcode counts against ``convert.limits`` ``max_pickle_ops`` (the opcodes of pickles
+  read while it is being read -- the storage streams of a network pickle -- count against the
+  enclosing pickle's), every array against the per-tensor element cap and the per-file byte
+  budget.
 
 numpy arrays, scalars and dtypes are rebuilt by ``ArrayStub``/``DTypeStub`` from plain
 descriptors only: simple numeric dtypes (bool, ints, floats incl. float16/bfloat16, complex),
@@ -43,6 +45,7 @@ Public API:
 
 from __future__ import annotations
 
+import contextvars
 import gc
 import io
 import math
@@ -532,7 +535,9 @@ class RestrictedUnpickler(_Base):
     super().__init__(file)
     self.name = name
     self.allowed = dict(allowed)
-    self.ops_left = limits.current().max_pickle_ops
+    # a pickle read while another is being read (a storage stream inside a network pickle)
+    # draws from the enclosing pickle's opcodes
+    self.ops = _active_ops.get() or OpBudget(limits.current().max_pickle_ops)
 
   # -- globals and persistent ids
   def find_class(self, module: str, name: str) -> Any:
@@ -667,10 +672,24 @@ class RestrictedUnpickler(_Base):
   dispatch: dict = {}
 
 
+class OpBudget:
+  """Opcodes a pickle may still run (shared with the pickles nested in it)."""
+
+  __slots__ = ("left",)
+
+  def __init__(self, left: int):
+    self.left = left
+
+
+_active_ops: contextvars.ContextVar[Optional[OpBudget]] = contextvars.ContextVar(
+    "mgan_jax_pickle_ops", default=None)
+
+
 def _counted(fn: Callable[[Any], None]) -> Callable[[Any], None]:
   def op(self: RestrictedUnpickler) -> None:
-    self.ops_left -= 1
-    if self.ops_left < 0:
+    ops = self.ops
+    ops.left -= 1
+    if ops.left < 0:
       cap = limits.current().max_pickle_ops
       raise UserError(f"{self.name}: pickle runs more than {cap:,} opcodes, over the cap "
                       f"(raise it with {limits.ENV['max_pickle_ops']} or --max-pickle-ops)")
@@ -734,7 +753,12 @@ def restricted_load(data: bytes | io.BufferedIOBase, *, name: str,
   gc.disable()  # a pickle creates many containers and no cycles worth collecting meanwhile
   try:
     with limits.file_budget(name):
-      return plain(unpickler(f, name=name, allowed=allowed).load())
+      u = unpickler(f, name=name, allowed=allowed)
+      token = _active_ops.set(u.ops)   # pickles read by its stubs count against its opcodes
+      try:
+        return plain(u.load())
+      finally:
+        _active_ops.reset(token)
   except UserError as e:  # raised by find_class, a stub or plain(): make sure it names the file
     file = name.split(":")[0].split(" (")[0]
     if name in str(e) or file in str(e):

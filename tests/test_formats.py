@@ -465,9 +465,10 @@ def test_non_weight_files(tmp_path):
 
 def test_allowed_globals_cannot_be_modified_by_build():
   """BUILD may target a global itself; every allow-listed object must refuse to change."""
+  from convert.network_pickle import NETWORK_GLOBALS
   from convert.tf_pickle import TF_GLOBALS
   from convert.torch_pth import TORCH_GLOBALS
-  everything = {**TORCH_GLOBALS, **TF_GLOBALS}
+  everything = {**TORCH_GLOBALS, **TF_GLOBALS, **NETWORK_GLOBALS}
   before = {k: (getattr(v, "dtype", None), dict(getattr(v, "__dict__", {})))
             for k, v in everything.items()}
   for (module, name) in everything:

@@ -12,11 +12,15 @@
 
 Routes (``Case.route``) and what they check: ``exec`` (payloads through GLOBAL, STACK_GLOBAL,
 INST, OBJ, NEWOBJ, NEWOBJ_EX, EXT1, BUILD and persistent ids, in bare pickles, torch zip and
-legacy files, TF pickles, wheels and sdists), ``dtype`` (numpy dtype state), ``storage``
-(storage mutation and views), ``ndarray`` (numpy.ndarray called directly), ``structure``
-(TF networks without state or containing themselves, deep or self-containing containers),
-``bomb`` (inputs small on disk and huge declared or inflated), ``accept`` (duplicate keys,
-integer or non-finite weights, contradicting byte order), ``truncation``, ``bitflip``.
+legacy files, TF pickles, stylegan2-ada-pytorch network pickles (module state, storage streams,
+``module_src`` that the official loader would run), rosinality checkpoints (``argparse.Namespace``,
+optimiser state), wheels and sdists), ``dtype`` (numpy dtype state), ``storage`` (storage
+mutation and views, storage streams that are not one storage), ``ndarray`` (numpy.ndarray called
+directly), ``structure`` (TF networks without state or containing themselves, network modules
+nested too deep or malformed, deep or self-containing containers), ``bomb`` (inputs small on disk
+and huge declared or inflated; storage streams over the caps, reused, or adding opcodes to the
+enclosing pickle's), ``accept`` (duplicate keys, integer or non-finite weights, contradicting
+byte order), ``truncation``, ``bitflip``.
 """
 
 from __future__ import annotations

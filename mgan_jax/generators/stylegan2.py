@@ -43,6 +43,15 @@ Parameter tree (TF variable names and layouts)::
                    '8x8': {'Conv0_up': {...}, 'Conv1': {...}, 'ToRGB': {...}}, ...,
                    'noise0': (1, 4, 4, 1), ..., 'noise{L-2}': (1, R, R, 1)}}
 
+The two PyTorch codebases (rosinality/stylegan2-pytorch, NVlabs/stylegan2-ada-pytorch) compute
+this same function and convert onto this tree (``convert/stylegan2_pytorch.py``: kernel layouts
+and flips, modulation biases stored with their +1, NHWC buffers are changed there). What differs
+is configuration of the spec: stylegan2-ada-pytorch's ``conv_clamp`` (every conv layer's output
+after the activation, and every ToRGB output before it is added to the skip image, clipped to
++-conv_clamp), and the default truncation of their generate scripts (psi 1; the centre is
+``dlatent_avg``, from ADA's ``mapping.w_avg`` or rosinality's latent average, on all layers).
+Inference here is float32 throughout (ADA's ``force_fp32=True``).
+
 Split layers (the convention of every family, see ``base``): ``layer = k`` means "the features
 after the k-th block"; ``head(params, wp, k)`` runs blocks 1..k and ``tail(params, f, k,
 latent=wp)`` the rest. Blocks of this family: the modulated conv layers, block k being conv
@@ -156,11 +165,13 @@ def conv_transpose_up(x: Array, w: Array) -> Array:
 
 class _ModConv(nn.Module):
   """Modulated conv. Params: weight (k, k, Cin, Cout), bias, mod_weight (W, Cin), mod_bias, and
-  noise_strength for conv layers (``demodulate=True``)."""
+  noise_strength for conv layers (``demodulate=True``). ``clamp``: the output is clipped to
+  [-clamp, clamp] (after the activation; ToRGB: after the bias)."""
   features: int
   kernel: int
   up: bool = False
   demodulate: bool = True
+  clamp: float | None = None
 
   @nn.compact
   def __call__(self, x: Array, w: Array, noise: Array | None = None) -> Array:
@@ -187,6 +198,8 @@ class _ModConv(nn.Module):
     x = x + bias
     if self.demodulate:                     # conv layers: lrelu * sqrt(2); ToRGB: linear
       x = leaky_relu(x) * math.sqrt(2.0)
+    if self.clamp is not None:
+      x = jnp.clip(x, -self.clamp, self.clamp)
     return x
 
 
@@ -202,6 +215,7 @@ def _conv_name(i: int) -> tuple[str, str, bool]:
 class _Scope(nn.Module):
   """A resolution scope ('4x4', ...) holding Const / Conv(0_up) / Conv1 / ToRGB."""
   channels: int
+  clamp: float | None = None
 
   @nn.compact
   def __call__(self, op: str, *args: Any) -> Array:
@@ -210,9 +224,9 @@ class _Scope(nn.Module):
       return _Const(self.channels, name="Const")(batch)
     if op == "rgb":
       x, w = args
-      return _ModConv(3, 1, demodulate=False, name="ToRGB")(x, w)
+      return _ModConv(3, 1, demodulate=False, clamp=self.clamp, name="ToRGB")(x, w)
     name, up, x, w, noise = args
-    return _ModConv(self.channels, 3, up=up, name=name)(x, w, noise)
+    return _ModConv(self.channels, 3, up=up, clamp=self.clamp, name=name)(x, w, noise)
 
 
 class _Const(nn.Module):
@@ -226,11 +240,13 @@ class _Const(nn.Module):
 
 class StyleGAN2Synthesis(nn.Module):
   """Runs conv layers ``start..stop-1`` on the state {'x', 'img'} (see the module docstring),
-  and the final ToRGB if ``final``. ``state`` is None when ``start == 0``."""
+  and the final ToRGB if ``final``. ``state`` is None when ``start == 0``. ``conv_clamp``:
+  see ``StyleGAN2``."""
   channels: tuple[int, ...]
   start: int = 0
   stop: int = -1
   final: bool = True
+  conv_clamp: float | None = None
 
   @nn.compact
   def __call__(self, state: Mapping[str, Array] | None, wp: Array,
@@ -244,7 +260,7 @@ class StyleGAN2Synthesis(nn.Module):
       res = 4 * 2 ** b
       key = f"{res}x{res}"
       if key not in scopes:
-        scopes[key] = _Scope(self.channels[b], name=key)
+        scopes[key] = _Scope(self.channels[b], self.conv_clamp, name=key)
       return scopes[key]
 
     if state is None:
@@ -279,7 +295,12 @@ class StyleGAN2(StyleFamily, Generator):
     mapping_layers, mapping_fmaps: depth and hidden width of the mapping network.
     channels: feature channels per resolution 4..R; empty means the official schedule
       ``min(32768 // res, 512)``. Converters read it from the weights.
-    truncation_psi, truncation_layers: default truncation (official psi 0.5, 18 layers = all).
+    truncation_psi, truncation_layers: default truncation (official psi 0.5, 18 layers = all;
+      converted rosinality / stylegan2-ada-pytorch models: psi 1, all layers, as their own
+      generate scripts default to).
+    conv_clamp: None (NVIDIA TF, genforce, rosinality) or stylegan2-ada-pytorch's
+      ``conv_clamp`` (256 in its train.py): every conv layer's activation and every ToRGB
+      output (before the skip add) are clipped to [-conv_clamp, conv_clamp].
   """
 
   family = "stylegan2"
@@ -294,6 +315,15 @@ class StyleGAN2(StyleFamily, Generator):
   channels: tuple[int, ...] = ()
   truncation_psi: float = 0.5
   truncation_layers: int = 18
+  conv_clamp: float | None = None
+
+  def __post_init__(self):
+    super().__post_init__()
+    c = self.conv_clamp
+    if c is not None:
+      if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c <= 0:
+        raise ValueError(f"StyleGAN2 conv_clamp must be None or a positive number, got {c!r}")
+      object.__setattr__(self, "conv_clamp", float(c))
 
   # ----- architecture facts ----------------------------------------------------------------
   @property
@@ -323,7 +353,7 @@ class StyleGAN2(StyleFamily, Generator):
     return MappingNetwork(self.mapping_layers, self.mapping_fmaps, self.w_dim, style2=True)
 
   def _synth(self, start: int, stop: int, final: bool) -> StyleGAN2Synthesis:
-    return StyleGAN2Synthesis(self.channels, start, stop, final)
+    return StyleGAN2Synthesis(self.channels, start, stop, final, self.conv_clamp)
 
   # ----- forward (head, synthesize: StyleFamily) -------------------------------------------
   def tail(self, params: Params, features: Mapping[str, Array], layer: int, *,
