@@ -22,7 +22,7 @@ result does not depend on the recipe the table applied before.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from mgan_jax.errors import UserError
 
@@ -74,6 +74,7 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
         "method": "multi-code", "codes": 20, "layer": 1, "optimizer": "adam", "lr": 0.1,
         "iterations": 300, "perceptual_weight": 0.0, "perceptual_size": None,
         "perceptual_layer": "relu3_3", "factor": 4, "alpha_init": "official", "tasks": {},
+        "recipe": "fast",
     },
 }
 
@@ -111,6 +112,14 @@ RECIPE_KEYS: dict[str, Any] = {
     "iterations": 3000,
 }
 
+def _optimisation(entry: dict[str, Any]) -> dict[str, Any]:
+  """A recipe override holding the optimisation of a defaults entry: its recipe keys (the
+  others neutral) and those of its per-task overrides."""
+  pick = lambda e: {k: v for k, v in e.items() if k in RECIPE_KEYS}
+  tasks = {t: pick(v) for t, v in entry.get("tasks", {}).items() if pick(v)}
+  return {**RECIPE_KEYS, **pick(entry), "tasks": tasks}
+
+
 #: Named recipes: values for ``RECIPE_KEYS`` (missing = the neutral value), then overrides per
 #: generator family ("family"), per named model ("model") and per task ("tasks").
 #:
@@ -118,6 +127,19 @@ RECIPE_KEYS: dict[str, Any] = {
 #: 1e-3 * L1(VGG16 relu3_3) on a 256 nearest resize (inpainting: vgg_lambda 0.1 -> 1e-4), 3000
 #: iterations (colorization 1500, super-resolution 2000; denoising has no official script: the
 #: inversion's 3000).
+#:
+#: fast: reaches the official recipe's final loss (after 2000 iterations) in a small fraction
+#: of its time (docs/engine.md, "Time to a good result"; scripts/bench_quality.py).
+#: PGGAN / StyleGAN (the official loss, VGG16 at 256, kept): Adam lr 0.1, constant, 400
+#: iterations (a fifth of the official 2000). On the PGGAN-256 benchmark (2-core CPU, 60
+#: iterations) Adam passed the official recipe's 60-iteration loss after 30, lr 0.1 ahead of
+#: 0.05 and 0.02; the full 2000-iteration comparison is scripts/bench_quality.py's GPU run.
+#: DCGAN: the default prior's own tuned values (Adam lr 0.1, constant, no perceptual term, 300
+#: iterations; per task as MODEL_DEFAULTS): with a 64x64 image the official VGG term on a 256
+#: upsampling costs ~30x the rest of a step, and Adam on the pixel loss alone passes the
+#: official recipe's 2000-iteration loss (VGG term included) within its first 20 iterations; a
+#: cosine decay (-4 dB at 200 iterations), alpha's learning rate halved (-0.5 dB) and the VGG
+#: term at 64x64 (same loss, twice the time) were worse (2-core CPU, two held-out samples).
 RECIPES: dict[str, dict[str, Any]] = {
     "official": {
         "optimizer": "sgd", "lr": 1.0, "mse_weight": 1.0, "l1_weight": 0.0,
@@ -125,6 +147,13 @@ RECIPES: dict[str, dict[str, Any]] = {
         "iterations": 3000,
         "tasks": {"colorize": {"iterations": 1500}, "super-resolve": {"iterations": 2000},
                   "inpaint": {"perceptual_weight": 1e-4}},
+    },
+    "fast": {
+        "optimizer": "adam", "lr": 0.1, "perceptual_weight": 1e-3, "perceptual_size": 256,
+        "iterations": 400,
+        "tasks": {"inpaint": {"perceptual_weight": 1e-4}},
+        "family": {"dcgan": _optimisation(FAMILY_DEFAULTS["dcgan"])},
+        "model": {"dcgan-faces64": _optimisation(MODEL_DEFAULTS["dcgan-faces64"])},
     },
 }
 
@@ -146,18 +175,26 @@ def _layered(sources: list[dict], tasks: tuple[str, ...]) -> dict[str, Any]:
   return out
 
 
-def apply_recipe(defaults: dict[str, Any], name: str, *, family: str, model: str | None,
-                 tasks: tuple[str, ...]) -> dict[str, Any]:
-  """``defaults`` with the optimisation keys (``RECIPE_KEYS``) of recipe ``name`` for this
-  family, model and tasks; UserError naming ``--recipe`` for an unknown name."""
-  rec = RECIPES.get(name)
-  if rec is None:
-    raise UserError(f"--recipe: unknown recipe {name!r} (known: {', '.join(RECIPES)})")
+def apply_recipe(defaults: dict[str, Any], recipe: str | Mapping[str, Any], *, family: str,
+                 model: str | None, tasks: tuple[str, ...]) -> dict[str, Any]:
+  """``defaults`` with the optimisation keys (``RECIPE_KEYS``) of ``recipe`` -- a name of
+  ``RECIPES`` or a recipe given as data, laid out as the table's entries -- for this family,
+  model and tasks; UserError naming ``--recipe`` for an unknown name or key."""
+  if isinstance(recipe, str):
+    rec = RECIPES.get(recipe)
+    if rec is None:
+      raise UserError(f"--recipe: unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
+  else:
+    rec = dict(recipe)
+  unknown = sorted(set(rec) - set(RECIPE_KEYS) - {"tasks", "family", "model", "name"})
+  if unknown:
+    raise UserError(f"--recipe: unknown recipe keys {', '.join(unknown)} "
+                    f"(known: {', '.join(RECIPE_KEYS)})")
   sources = [RECIPE_KEYS, rec, rec.get("family", {}).get(family, {}),
              rec.get("model", {}).get(model or "", {})]
   out = dict(defaults)
-  out.update(_layered(sources, tasks))
-  out["recipe"] = name
+  out.update({k: v for k, v in _layered(sources, tasks).items() if k != "name"})
+  out["recipe"] = recipe if isinstance(recipe, str) else rec.get("name", "custom")
   return out
 
 
