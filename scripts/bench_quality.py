@@ -605,6 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       rec = run_recipe(s, spec, settings, plan, measure=measure, initial=initial,
                        stop_after=stop_after, deadline=deadline)
       rec["describe"] = s.describe
+      rec["machine"] = meta["machine"]
     except Exception as e:  # noqa: BLE001 - record it and go on with the other recipes
       rec["error"] = f"{type(e).__name__}: {e}"
       rec["traceback"] = traceback.format_exc()
