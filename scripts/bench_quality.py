@@ -212,12 +212,14 @@ def resolve(setting: Setting, spec: str, *, scale: float, chunk: int | None,
   if name == "official" and "iterations" not in over:
     over["iterations"] = official_iterations
   d.update(over)
-  if quick and d["perceptual_size"]:
-    d["perceptual_size"] = QUICK_VGG_SIZE
+  if quick:
+    d["perceptual_size"] = d["perceptual_size"] and QUICK_VGG_SIZE
     phases = phases and [(size and QUICK_VGG_SIZE, it) for size, it in phases]
   if phases:
-    d["iterations"] = sum(it for _, it in phases)
-  total = max(1, round(d["iterations"] * scale))
+    phases = [(size, max(1, round(it * scale))) for size, it in phases]
+    total = sum(it for _, it in phases)
+  else:
+    total = max(1, round(d["iterations"] * scale))
   p = argparse.ArgumentParser()
   cli.add_inversion_arguments(p, defaults=None, title="recipe")
   args = p.parse_args(["--method", "multi-code", "--codes", str(setting.codes),
@@ -227,13 +229,9 @@ def resolve(setting: Setting, spec: str, *, scale: float, chunk: int | None,
   if not phases:
     return settings, [(settings.loss, settings.iterations)]
   weight = d["perceptual_weight"] or 1e-3
-  done, plan = 0, []
-  for i, (size, its) in enumerate(phases):
-    its = total - done if i == len(phases) - 1 else max(1, round(its * scale))
-    done += its
-    plan.append((dataclasses.replace(settings.loss, perceptual_size=size,
-                                     perceptual_weight=weight if size else 0.0), its))
-  return settings, plan
+  return settings, [(dataclasses.replace(settings.loss, perceptual_size=size,
+                                         perceptual_weight=weight if size else 0.0), its)
+                    for size, its in phases]
 
 
 # ----------------------------------------------------------------------------------------------
