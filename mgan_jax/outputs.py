@@ -8,8 +8,15 @@ Files (``write``, into a staging directory that the caller publishes in one rena
 * ``degraded.png`` -- the observation at its own size;
 * ``grid.png`` -- input | degraded | result [| clean when a separate clean target was given];
 * ``latents.npz`` -- the final latents (``latents_io``; reusable with ``--init``);
-* ``metrics.json`` -- PSNR / SSIM against the clean target when there is one, the settings,
-  timing, the per-chunk trace.
+* ``metrics.json`` -- PSNR / SSIM / LPIPS against the clean target when there is one, the
+  settings, timing, the per-chunk trace;
+* ``curves.png`` -- the loss per iteration and the PSNR per chunk (``write_curves``), only when
+  matplotlib is installed (the ``plots`` extra); a plotting problem never fails a run.
+
+LPIPS is version 0.1 with the AlexNet trunk (``LPIPS_NET``; the reference ``lpips`` package's
+default), weights from ``assets.lpips_params`` loaded once per process, one jitted call per
+image for the result and the observation; images smaller than ``lpips.MIN_SIZE`` (or weights
+that cannot be had) give ``null`` and a ``lpips_note``.
 """
 
 from __future__ import annotations
@@ -25,6 +32,10 @@ from mgan_jax.errors import UserError
 from mgan_jax.pipeline import ImageResult, Item
 
 FILES = ("result.png", "degraded.png", "grid.png", "latents.npz", "metrics.json")
+#: written only sometimes: raw.png (post-processing changed the result), curves.png (matplotlib)
+OPTIONAL_FILES = ("raw.png", "curves.png")
+#: the LPIPS trunk of metrics.json (``mgan_jax.lpips.NETS``)
+LPIPS_NET = "alex"
 
 
 def output_dir(out: str | os.PathLike, item: Item) -> Path:
@@ -45,6 +56,24 @@ def check_free(out: str | os.PathLike, items: Sequence[Item], *, force: bool) ->
                     "replace them or choose another --out")
 
 
+def lpips_to_clean(images: Sequence[np.ndarray], clean: np.ndarray, *,
+                   net: str = LPIPS_NET) -> tuple[list[float] | None, str | None]:
+  """(LPIPS v0.1 of each of ``images`` (R, R, 3) against ``clean``, None) in one jitted call,
+  or (None, why) when it cannot be measured (too small, no weights)."""
+  from mgan_jax import assets, lpips as lpips_lib
+  side = min(clean.shape[:2])
+  if side < lpips_lib.MIN_SIZE[net]:
+    return None, (f"LPIPS-{net} needs images of at least {lpips_lib.MIN_SIZE[net]} px, these "
+                  f"are {side} px")
+  try:
+    params = assets.lpips_params(net)
+  except (UserError, OSError, ValueError) as e:
+    return None, f"LPIPS weights unavailable: {e}"
+  d = metrics.lpips_batch(np.stack(list(images)), np.stack([clean] * len(images)),
+                          params=params, net=net, batch_size=len(images))
+  return [float(v) for v in d], None
+
+
 def image_metrics(item: Item, result: ImageResult) -> dict:
   """The ``metrics`` entry of metrics.json (measured on the 8-bit images that are written)."""
   res8 = imageio.to_uint8(result.image)
@@ -57,6 +86,11 @@ def image_metrics(item: Item, result: ImageResult) -> dict:
          "degraded_ssim": base["ssim"],
          "note": "on the 8-bit result.png vs the clean target; degraded_* = the observation "
                  "(nearest-upsampled) vs the clean target"}
+    lp, why = lpips_to_clean([res8, imageio.to_uint8(deg_full)], clean8)
+    m.update(lpips=lp[0] if lp else None, degraded_lpips=lp[1] if lp else None,
+             lpips_net=f"{LPIPS_NET} (LPIPS v0.1)")
+    if why:
+      m["lpips_note"] = why
   else:
     m = {"note": "no clean target: nothing to compare against (use --clean)"}
   last = result.trace[-1] if result.trace else {}
@@ -90,6 +124,44 @@ def write(stage: Path, item: Item, result: ImageResult, *, run_info: Mapping[str
   imageio.write_png(stage / "grid.png", imageio.grid(cols, size=side))
   latents_io.save(stage / "latents.npz", result.latents, latents_meta)
   imageio.write_json(stage / "metrics.json", m)
+  write_curves(stage / "curves.png", result, title=item.name)
 
 
-__all__ = ["FILES", "output_dir", "check_free", "image_metrics", "write"]
+def write_curves(path: Path, result: ImageResult, *, title: str = "") -> bool:
+  """Plot the loss per iteration and the PSNR per chunk (against the clean target, else D(result)
+  against the observation) into ``path`` (inside a private staging directory: no temporary
+  name needed). Returns False (and leaves no file) when matplotlib is missing or plotting
+  fails: curves never fail a run."""
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+  except Exception:   # noqa: BLE001 - optional extra
+    return False
+  try:
+    fig = Figure(figsize=(6.4, 2.4), dpi=80)
+    ax1, ax2 = fig.subplots(1, 2)
+    losses = np.asarray(result.losses, np.float64)
+    if losses.size:
+      ax1.plot(np.arange(losses.size), losses, lw=1)
+      if np.all(losses > 0):
+        ax1.set_yscale("log")
+    ax1.set_xlabel("iteration")
+    ax1.set_ylabel("loss")
+    key = "psnr" if any("psnr" in r for r in result.trace) else "psnr_observed"
+    rows = [r for r in result.trace if r.get(key) is not None and np.isfinite(r[key])]
+    ax2.plot([r["iteration"] for r in rows], [r[key] for r in rows], marker="o", ms=3, lw=1)
+    ax2.set_xlabel("iteration")
+    ax2.set_ylabel("PSNR (dB)" if key == "psnr" else "PSNR of D(result) vs observation")
+    if title:
+      fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return True
+  except Exception:   # noqa: BLE001 - a plot is never worth a failed run
+    Path(path).unlink(missing_ok=True)
+    return False
+
+
+__all__ = ["FILES", "OPTIONAL_FILES", "LPIPS_NET", "output_dir", "check_free", "lpips_to_clean",
+           "image_metrics", "write", "write_curves"]
