@@ -31,12 +31,13 @@ from mgan_jax.errors import UserError, cli_entry
 
 PROG = "python -m mgan_jax.evaluate"
 
-#: ``--quick``: tiny image count, few iterations and codes, one sweep each of layer and codes.
+#: ``--quick``: two images, two cases (their outputs: raw, back-projected, pasted), 4 iterations,
+#: 4 codes, two-point sweeps of layer and codes on the table's images (6 compiled programs).
 QUICK: dict[str, Any] = {
-    "samples": 2, "cases": ["reconstruct", "sr4", "inpaint-centre"],
+    "samples": 2, "cases": ["sr4", "inpaint-centre"],
     "methods": ["multi-code", "z"], "lpips": ["alex"], "batch_size": 2,
     "overrides": {"iterations": 4, "codes": 4}, "sweeps": {"layer": [1, 2], "codes": [2, 4]},
-    "sweep_cases": ["reconstruct"], "sweep_samples": 0, "out": "out/evaluate-quick",
+    "sweep_cases": ["sr4"], "sweep_samples": 0, "out": "out/evaluate-quick",
 }
 
 
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--config", metavar="FILE", help="a JSON or TOML file of settings (keys: the "
                  "long flag names with underscores; overrides/sweeps as tables)")
   p.add_argument("--quick", action="store_true",
-                 help="a smoke test: 2 samples, 3 cases, 4 iterations, 4 codes, small sweeps")
+                 help="a smoke test: 2 samples, 2 cases, 4 iterations, 4 codes, small sweeps")
   cli.add_model_arguments(p, default_help="default dcgan-faces64")
   g = p.add_argument_group("images")
   g.add_argument("--samples", type=cli.int_arg(0), metavar="N",

@@ -71,8 +71,17 @@ def add_arguments(parser: argparse.ArgumentParser, *, shown: Mapping[str, Any] |
                  default=1.0, metavar="F",
                  help="denoise: share of noisy pixels; < 1 = known positions, left out of the "
                       "loss (the maintainers' protocol) (default 1: every pixel)")
-  t.add_argument("--paste-known", action="store_true",
-                 help="inpaint: keep the known pixels in result.png (official: raw output)")
+  on = lambda key: (" (default: on for this model)" if shown.get(key) else
+                    " (default: off for this model)") if shown else " (default: per model)"
+  t.add_argument("--paste-known", action=argparse.BooleanOptionalAction, default=None,
+                 help="inpaint: keep the known pixels of the observation in result.png; "
+                      "--no-paste-known writes the raw generator output (official)"
+                      + on("paste_known"))
+  t.add_argument("--back-project", action=argparse.BooleanOptionalAction, default=None,
+                 help="super-resolve: add the smooth correction that makes the result "
+                      "downsample exactly to the observation (tasks.back_project); "
+                      "--no-back-project writes the raw generator output (official)"
+                      + on("back_project"))
   cli.add_model_arguments(parser, default_help=f"default {defaults_lib.DEFAULT_MODEL}")
   cli.add_inversion_arguments(
       parser, defaults=dict(shown or {}, dir_init=True),
@@ -236,10 +245,12 @@ def run(args: argparse.Namespace) -> int:
   gen, gen_params, model_label, model_name = cli.load_model(args)
   pre = tasks.parse_task(args.task)   # names only, for the defaults
   defaults = defaults_lib.defaults_for(gen.family, model_name, pre.tasks)
+  _output_options(args, pre, defaults)
   task = tasks.parse_task(args.task, factor=args.factor or defaults["factor"],
                           resample=args.resample, noise=args.noise,
                           noise_fraction=args.noise_fraction, observed=args.observed,
-                          paste_known=args.paste_known, resolution=gen.resolution)
+                          paste_known=args.paste_known, back_project=args.back_project,
+                          resolution=gen.resolution)
   if args.paste_known and task.tasks != ("inpaint",):
     raise UserError("--paste-known applies to --task inpaint alone")
   init_dir, init_file = _init_source(args.init)
@@ -300,6 +311,16 @@ def run(args: argparse.Namespace) -> int:
   log(f"done: {len(written)} image(s) in {time.perf_counter() - t_start:.1f} s "
       f"(compile {inverter.compile_seconds:.1f} s)")
   return 0
+
+
+def _output_options(args: argparse.Namespace, pre: tasks.Task, defaults: Mapping) -> None:
+  """--paste-known / --back-project not given: the model's default where the task has that
+  output option (``defaults`` keys ``paste_known``, ``back_project``), else off."""
+  if args.paste_known is None:
+    args.paste_known = bool(defaults.get("paste_known")) and pre.tasks == ("inpaint",)
+  if args.back_project is None:
+    args.back_project = (bool(defaults.get("back_project")) and pre.has("super-resolve")
+                         and tasks.BACK_PROJECT_TASKS.issuperset(pre.tasks))
 
 
 def _quote(arg: str) -> str:
