@@ -300,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
   with state:
     written = resumable.run_items(items, inverter, out=args.out, state=state,
                                   progress=progress, run_info=run_info,
-                                  latents_meta=latents_meta)
+                                  latents_meta=latents_meta, lpips_params=_lpips_params(items))
   summary = []
   for path in written:
     m = json.loads((path / "metrics.json").read_text())
@@ -311,6 +311,18 @@ def run(args: argparse.Namespace) -> int:
   log(f"done: {len(written)} image(s) in {time.perf_counter() - t_start:.1f} s "
       f"(compile {inverter.compile_seconds:.1f} s)")
   return 0
+
+
+def _lpips_params(items: Sequence[Any]) -> Any:
+  """The LPIPS weights of metrics.json (``outputs.LPIPS_NET``), when some image has a clean
+  target to compare with and the weights can be had (else None: LPIPS is null with a note)."""
+  from mgan_jax import assets, outputs
+  if not any(it.clean is not None for it in items):
+    return None
+  try:
+    return assets.lpips_params(outputs.LPIPS_NET)
+  except (UserError, OSError, ValueError):
+    return None
 
 
 def _output_options(args: argparse.Namespace, pre: tasks.Task, defaults: Mapping) -> None:

@@ -14,9 +14,10 @@ Files (``write``, into a staging directory that the caller publishes in one rena
   matplotlib is installed (the ``plots`` extra); a plotting problem never fails a run.
 
 LPIPS is version 0.1 with the AlexNet trunk (``LPIPS_NET``; the reference ``lpips`` package's
-default), weights from ``assets.lpips_params`` loaded once per process, one jitted call per
-image for the result and the observation; images smaller than ``lpips.MIN_SIZE`` (or weights
-that cannot be had) give ``null`` and a ``lpips_note``.
+default), one jitted call per image for the result and the observation; the weights
+(``assets.lpips_params``) are loaded once per process by the command line and handed down
+(``lpips_params``); without them, or for images smaller than ``lpips.MIN_SIZE``, LPIPS is
+``null`` with a ``lpips_note``.
 """
 
 from __future__ import annotations
@@ -56,26 +57,26 @@ def check_free(out: str | os.PathLike, items: Sequence[Item], *, force: bool) ->
                     "replace them or choose another --out")
 
 
-def lpips_to_clean(images: Sequence[np.ndarray], clean: np.ndarray, *,
+def lpips_to_clean(images: Sequence[np.ndarray], clean: np.ndarray, *, params: Any,
                    net: str = LPIPS_NET) -> tuple[list[float] | None, str | None]:
   """(LPIPS v0.1 of each of ``images`` (R, R, 3) against ``clean``, None) in one jitted call,
-  or (None, why) when it cannot be measured (too small, no weights)."""
-  from mgan_jax import assets, lpips as lpips_lib
+  or (None, why) when it cannot be measured (no ``params``: ``assets.lpips_params(net)``, which
+  the command line loads once; images too small for the trunk)."""
+  from mgan_jax import lpips as lpips_lib
+  if params is None:
+    return None, "not measured: no LPIPS weights were given"
   side = min(clean.shape[:2])
   if side < lpips_lib.MIN_SIZE[net]:
     return None, (f"LPIPS-{net} needs images of at least {lpips_lib.MIN_SIZE[net]} px, these "
                   f"are {side} px")
-  try:
-    params = assets.lpips_params(net)
-  except (UserError, OSError, ValueError) as e:
-    return None, f"LPIPS weights unavailable: {e}"
   d = metrics.lpips_batch(np.stack(list(images)), np.stack([clean] * len(images)),
                           params=params, net=net, batch_size=len(images))
   return [float(v) for v in d], None
 
 
-def image_metrics(item: Item, result: ImageResult) -> dict:
-  """The ``metrics`` entry of metrics.json (measured on the 8-bit images that are written)."""
+def image_metrics(item: Item, result: ImageResult, *, lpips_params: Any = None) -> dict:
+  """The ``metrics`` entry of metrics.json (measured on the 8-bit images that are written);
+  ``lpips_params``: ``assets.lpips_params(LPIPS_NET)`` (None: LPIPS is null, with a note)."""
   res8 = imageio.to_uint8(result.image)
   if item.clean is not None:
     clean8 = imageio.to_uint8(item.clean)
@@ -86,7 +87,7 @@ def image_metrics(item: Item, result: ImageResult) -> dict:
          "degraded_ssim": base["ssim"],
          "note": "on the 8-bit result.png vs the clean target; degraded_* = the observation "
                  "(nearest-upsampled) vs the clean target"}
-    lp, why = lpips_to_clean([res8, imageio.to_uint8(deg_full)], clean8)
+    lp, why = lpips_to_clean([res8, imageio.to_uint8(deg_full)], clean8, params=lpips_params)
     m.update(lpips=lp[0] if lp else None, degraded_lpips=lp[1] if lp else None,
              lpips_net=f"{LPIPS_NET} (LPIPS v0.1)")
     if why:
@@ -100,8 +101,9 @@ def image_metrics(item: Item, result: ImageResult) -> dict:
 
 
 def write(stage: Path, item: Item, result: ImageResult, *, run_info: Mapping[str, Any],
-          latents_meta: Mapping[str, Any]) -> None:
-  """Write one image's files into the (empty, private) directory ``stage``."""
+          latents_meta: Mapping[str, Any], lpips_params: Any = None) -> None:
+  """Write one image's files into the (empty, private) directory ``stage``
+  (``lpips_params``: as ``image_metrics``)."""
   stage = Path(stage)
   side = result.image.shape[0]
   res8 = imageio.to_uint8(result.image)
@@ -109,7 +111,7 @@ def write(stage: Path, item: Item, result: ImageResult, *, run_info: Mapping[str
   m: dict[str, Any] = {"image": os.fspath(item.path), "name": item.name}
   m.update(item.info)
   m["fit"] = item.fit.to_json()
-  m["metrics"] = image_metrics(item, result)
+  m["metrics"] = image_metrics(item, result, lpips_params=lpips_params)
   m["postprocess"] = result.postprocess
   m.update(run_info)
   m["time"] = {"batch_seconds": round(result.seconds, 3), **dict(run_info.get("time", {}))}
