@@ -278,7 +278,9 @@ class Config:
   batch_size: images per compiled program; seed: the initial latents' and the noise's seed;
   overrides: settings for every run (``SETTING_KEYS``); table: run the main table; sweeps:
   ``{key: [values]}`` or ``{key: {values: [...], cases: [...]}}``; sweep_cases / sweep_samples
-  / sweep_seed: the sweeps' default cases and their images (0 samples = the table's images); out: output directory; cache: run cache (default
+  / sweep_seed: the sweeps' default cases and their images (0 samples = the table's images);
+  sweep_overrides: ``{case: {key: value}}``, the settings the sweeps start from where they
+  are not the defaults (e.g. the defaults before a tuning, to reproduce it); out: output directory; cache: run cache (default
   OUT/runs); report: also write this markdown report (e.g. docs/RESULTS.md), figures beside
   it; plots: draw the figures (needs matplotlib).
   """
@@ -300,6 +302,7 @@ class Config:
       default_factory=lambda: ["reconstruct", "colorize", "sr4", "inpaint-centre"])
   sweep_samples: int = 8
   sweep_seed: int = 200000
+  sweep_overrides: dict = dataclasses.field(default_factory=dict)
   out: str = "out/evaluate"
   cache: str | None = None
   report: str | None = None
@@ -350,6 +353,14 @@ class Config:
       sweeps[k] = {"values": [_setting(k, v, what=f"sweeps.{k}") for v in vals],
                    "cases": cases}
     self.sweeps = sweeps
+    so = {}
+    for c, over in dict(self.sweep_overrides).items():
+      if c not in CASES:
+        raise UserError(f"sweep_overrides: unknown case {c!r} (known: {', '.join(CASES)})")
+      if not isinstance(over, Mapping):
+        raise UserError(f"sweep_overrides.{c}: expected a table of settings")
+      so[c] = {k: _setting(k, v, what=f"sweep_overrides.{c}") for k, v in over.items()}
+    self.sweep_overrides = so
     return self
 
   def to_json(self) -> dict:
@@ -749,12 +760,13 @@ class Evaluator:
     for name in cases:
       case = CASES[name]
       rows = []
+      pin = dict(self.cfg.sweep_overrides.get(name, {}))
       if key == "iterations":
         top = max(values)
         step = math.gcd(*[int(v) for v in values]) or 1
-        run, settings, task, obs = self.run_case(case, images, method="multi-code",
-                                                 overrides={"iterations": top, "chunk": step},
-                                                 snapshots=True)
+        run, settings, task, obs = self.run_case(
+            case, images, method="multi-code",
+            overrides={**pin, "iterations": top, "chunk": step}, snapshots=True)
         post = default_post(task)
         for v in values:
           if v == 0:
@@ -768,7 +780,7 @@ class Evaluator:
       else:
         for v in values:
           run, settings, task, obs = self.run_case(case, images, method="multi-code",
-                                                   overrides={key: v})
+                                                   overrides={**pin, key: v})
           post = default_post(task)
           outs = np.stack([apply_post(post, task, r, o) for r, o in zip(run.raw, obs)])
           per = measure(outs, images.clean, lpips_nets=self.cfg.lpips)

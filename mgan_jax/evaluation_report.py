@@ -338,9 +338,13 @@ def markdown(report: Report, *, figures: Mapping[str, str] | None = None,
       cr = [r for r in rows if r.case == case]
       lines += [f"### {CASES[case].title}", "", case_table(cr), ""]
   if report.sweeps:
-    lines += ["## Sweeps (multi-code, one setting at a time from the defaults)", "",
+    pins = cfg.get("sweep_overrides") or {}
+    lines += ["## Sweeps (multi-code, one setting at a time)", "",
               "Cells: PSNR / " + (METRICS[lp[0]][0] if lp else "") + " / seconds per image, "
-              "means over the sweep images.", ""]
+              "means over the sweep images, at each case's default output. Each sweep starts "
+              "from the defaults" + (", except: " + "; ".join(
+                  f"{c}: " + ", ".join(f"{k} {v}" for k, v in o.items())
+                  for c, o in pins.items()) if pins else "") + ".", ""]
     for key, sweep in report.sweeps.items():
       lines += [f"### {key}", ""]
       if key == "iterations":
