@@ -277,12 +277,13 @@ class Config:
   lacks are skipped); baselines: also run ``mgan_jax.baselines``; lpips: LPIPS trunks;
   batch_size: images per compiled program; seed: the initial latents' and the noise's seed;
   overrides: settings for every run (``SETTING_KEYS``); table: run the main table; sweeps:
-  ``{key: [values]}`` or ``{key: {values: [...], cases: [...]}}``; sweep_cases / sweep_samples
-  / sweep_seed: the sweeps' default cases and their images (0 samples = the table's images);
-  sweep_overrides: ``{case: {key: value}}``, the settings the sweeps start from where they
-  are not the defaults (e.g. the defaults before a tuning, to reproduce it); out: output directory; cache: run cache (default
-  OUT/runs); report: also write this markdown report (e.g. docs/RESULTS.md), figures beside
-  it; plots: draw the figures (needs matplotlib).
+  ``{key: [values]}`` or ``{key: {values: [...], cases: [...], samples: n}}`` (n: only the
+  first n sweep images, for costly sweeps); sweep_cases / sweep_samples / sweep_seed: the
+  sweeps' default cases and their images (0 samples = the table's images); sweep_overrides:
+  ``{case: {key: value}}``, the settings the sweeps start from where they are not the
+  defaults (e.g. the defaults before a tuning, to reproduce it); out: output directory;
+  cache: run cache (default OUT/runs); report: also write this markdown report (e.g.
+  docs/RESULTS.md), figures beside it; plots: draw the figures (needs matplotlib).
   """
   model: str | None = None
   samples: int = 32
@@ -338,20 +339,23 @@ class Config:
       if k not in SWEEP_KEYS:
         raise UserError(f"sweeps: unknown key {k!r} (known: {', '.join(SWEEP_KEYS)})")
       cases = list(self.sweep_cases)
-      vals = spec
+      vals, samples = spec, None
       if isinstance(spec, Mapping):
-        bad = sorted(set(spec) - {"values", "cases"})
+        bad = sorted(set(spec) - {"values", "cases", "samples"})
         if bad or "values" not in spec:
           raise UserError(f"sweeps.{k}: expected a list of values or a table with 'values' "
-                          "(and optionally 'cases')")
+                          "(and optionally 'cases', 'samples')")
         vals, cases = spec["values"], list(spec.get("cases", cases))
+        samples = spec.get("samples")
+        if samples is not None and (not isinstance(samples, int) or samples < 1):
+          raise UserError(f"sweeps.{k}.samples: expected an integer >= 1, got {samples!r}")
         unknown = [c for c in cases if c not in CASES]
         if unknown:
           raise UserError(f"sweeps.{k}.cases: unknown case {unknown[0]!r}")
       if isinstance(vals, (str, int, float)) or not list(vals):
         raise UserError(f"sweeps.{k}: expected a non-empty list of values")
       sweeps[k] = {"values": [_setting(k, v, what=f"sweeps.{k}") for v in vals],
-                   "cases": cases}
+                   "cases": cases, "samples": samples}
     self.sweeps = sweeps
     so = {}
     for c, over in dict(self.sweep_overrides).items():
@@ -845,9 +849,10 @@ def evaluate(config: Config, *, log: Callable[[str], Any] = lambda s: None,
     rows, curves, examples = ev.table(images)
   sweeps = {}
   for key, spec in cfg.sweeps.items():
-    log(f"sweep {key} = {spec['values']} on {len(sweep_images)} image(s), cases "
+    imgs = sweep_images.subset(spec["samples"]) if spec.get("samples") else sweep_images
+    log(f"sweep {key} = {spec['values']} on {len(imgs)} image(s), cases "
         f"{', '.join(spec['cases'])}")
-    sweeps[key] = ev.sweep(key, spec["values"], sweep_images, cases=spec["cases"])
+    sweeps[key] = ev.sweep(key, spec["values"], imgs, cases=spec["cases"])
   describe = lambda s: None if s is None else {"n": len(s), "names": s.names,
                                                "sources": s.sources}
   return Report(config=cfg.to_json(), model={"label": ev.label, "family": ev.gen.family,

@@ -347,6 +347,9 @@ def markdown(report: Report, *, figures: Mapping[str, str] | None = None,
                   for c, o in pins.items()) if pins else "") + ".", ""]
     for key, sweep in report.sweeps.items():
       lines += [f"### {key}", ""]
+      n_sw = (cfg["sweeps"].get(key) or {}).get("samples")
+      if n_sw:
+        lines += [f"On the first {n_sw} of the sweep images.", ""]
       if key == "iterations":
         lines += ["One run at the largest value; the smaller values are its images after "
                   "that many iterations (the optimiser has no schedule, so they are what a run "

@@ -119,3 +119,12 @@ def test_bad_configuration_is_one_error_line(tmp_path, capsys, argv, expected):
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
   assert not (tmp_path / "o").exists()
+
+
+def test_sweep_samples_take_the_first_sweep_images():
+  cfg = evaluation.Config(sweeps={"layer": {"values": [1, 2], "samples": 3},
+                                  "codes": [2, 4]}).check()
+  assert cfg.sweeps["layer"] == {"values": [1, 2], "cases": cfg.sweep_cases, "samples": 3}
+  assert cfg.sweeps["codes"]["samples"] is None
+  with pytest.raises(evaluation.UserError, match=r"sweeps.layer.samples: expected an integer"):
+    evaluation.Config(sweeps={"layer": {"values": [1], "samples": 0}}).check()
