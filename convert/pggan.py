@@ -26,14 +26,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from convert.registry import Conversion, FamilyConverter
+from convert.registry import Conversion, FamilyConverter, weight
 from convert.tf_pickle import check_lod, tf_resolution
 from mgan_jax.errors import UserError
 from mgan_jax.generators.pggan import PGGAN
 
 
-def _arr(v: Any) -> np.ndarray:
-  return np.asarray(v, dtype=np.float32)
+def _arr(key: str, v: Any, what: str) -> np.ndarray:
+  return weight(key, v, what)
 
 
 def _check_shape(key: str, value: np.ndarray, shape: tuple[int, ...], what: str) -> None:
@@ -85,7 +85,7 @@ def from_tf(net: Any) -> Conversion:
   def get(key: str) -> np.ndarray:
     if key not in variables:
       raise UserError(f"{what}: missing variable {key}")
-    return _arr(variables[key])
+    return _arr(key, variables[key], what)
 
   dense_w = get("4x4/Dense/weight")
   if dense_w.ndim != 2 or dense_w.shape[1] % 16:
@@ -185,7 +185,7 @@ def from_state_dict(sd: Mapping[str, Any]) -> Conversion:
   def get(key: str) -> np.ndarray:
     if key not in sd:
       raise UserError(f"{what}: missing key {key}")
-    return _arr(sd[key])
+    return _arr(key, sd[key], what)
 
   w0 = get("layer0.conv.weight")
   if w0.ndim != 4 or w0.shape[2:] != (4, 4):

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from convert.registry import Conversion, FamilyConverter
+from convert.registry import Conversion, FamilyConverter, weight
 from convert.tf_pickle import check_lod, tf_resolution
 from mgan_jax.errors import UserError
 from mgan_jax.generators.stylegan import StyleGAN, _layer_name
@@ -45,11 +45,19 @@ LAYOUTS: dict[str, tuple[Callable[[np.ndarray], np.ndarray],
     "oihw": (lambda a: a.transpose(2, 3, 1, 0), lambda t: (t[3], t[2], t[0], t[1])),
     "nchw": (lambda a: a.transpose(0, 2, 3, 1), lambda t: (t[0], t[3], t[1], t[2])),
     "flip": (lambda a: a[::-1, ::-1], lambda t: t),
+    # the PyTorch StyleGAN2 codebases (convert.stylegan2_pytorch)
+    "oihw_flip": (lambda a: a.transpose(2, 3, 1, 0)[::-1, ::-1],
+                  lambda t: (t[3], t[2], t[0], t[1])),
+    "1oihw": (lambda a: a[0].transpose(2, 3, 1, 0), lambda t: (1, t[3], t[2], t[0], t[1])),
+    "1oihw_flip": (lambda a: a[0].transpose(2, 3, 1, 0)[::-1, ::-1],
+                   lambda t: (1, t[3], t[2], t[0], t[1])),
+    "chw": (lambda a: a.transpose(1, 2, 0)[None], lambda t: (t[3], t[1], t[2])),  # -> 1HWC
+    "hw": (lambda a: a[None, :, :, None], lambda t: (t[1], t[2])),               # -> 1HW1
+    "flat": (lambda a: a.reshape(-1), lambda t: (1, t[0], 1, 1)),                 # (1,C,1,1)
+    "item": (lambda a: a.reshape(()), lambda t: (1,)),                           # (1,) -> ()
+    # a bias stored with its +1 (the +1 is added at run time): exact for values in [0.5, 2]
+    "minus1": (lambda a: a - np.float32(1), lambda t: t),
 }
-
-
-def as_f32(v: Any) -> np.ndarray:
-  return np.asarray(v, dtype=np.float32)
 
 
 def flat_shapes(spec: Any) -> dict[str, tuple[int, ...]]:
@@ -78,7 +86,7 @@ def fill_params(spec: Any, source: Mapping[str, Any], table: Mapping[str, tuple[
     key, layout = table[path]
     if key not in source:
       raise UserError(f"{what}: missing {noun} {key}")
-    value = as_f32(source[key])
+    value = weight(key, source[key], what)
     fwd, src_shape = LAYOUTS[layout]
     want = tuple(src_shape(shape))
     if tuple(value.shape) != want:
@@ -250,15 +258,18 @@ def tf_style_dims(net: Any, required: Mapping[str, Any], what: str
   return var, kw_s, dims
 
 
-def sd_mapping_dims(sd: Mapping[str, Any], what: str) -> dict:
-  """Mapping-network numbers of a genforce StyleGAN / StyleGAN2 state dict: the spec keyword
-  arguments latent_dim, w_dim, mapping_layers, mapping_fmaps."""
+def sd_mapping_dims(sd: Mapping[str, Any], what: str, key: str = "mapping.dense{}.fc.weight",
+                    first: int = 0) -> dict:
+  """Mapping-network numbers of a StyleGAN / StyleGAN2 state dict whose dense weights [out, in]
+  are ``key.format(i)`` for i = first, first + 1, ... (genforce: ``mapping.dense{i}.fc.weight``
+  from 0): the spec keyword arguments latent_dim, w_dim, mapping_layers, mapping_fmaps."""
   noun = "key"
-  m_layers = count_indexed(sd, r"mapping\.dense(\d+)\.fc\.weight")
+  pattern = re.escape(key).replace(re.escape("{}"), r"(\d+)")
+  m_layers = count_indexed(sd, pattern) - first
   if m_layers < 1:
-    raise UserError(f"{what}: missing key mapping.dense0.fc.weight")
-  fmaps, z_dim = shape_of(sd, "mapping.dense0.fc.weight", 2, what, noun)
-  w_dim = shape_of(sd, f"mapping.dense{m_layers - 1}.fc.weight", 2, what, noun)[0]
+    raise UserError(f"{what}: missing key {key.format(first)}")
+  fmaps, z_dim = shape_of(sd, key.format(first), 2, what, noun)
+  w_dim = shape_of(sd, key.format(first + m_layers - 1), 2, what, noun)[0]
   return dict(latent_dim=z_dim, w_dim=w_dim, mapping_layers=m_layers,
               mapping_fmaps=fmaps if m_layers > 1 else w_dim)
 

@@ -1,4 +1,5 @@
-"""StyleGAN2 converter: NVIDIA TF ``G_main`` pickles and genforce state dicts -> Flax.
+"""StyleGAN2 converter: NVIDIA TF ``G_main`` pickles, genforce, rosinality and
+stylegan2-ada-pytorch files -> Flax.
 
 Both sources map onto the parameter tree of ``mgan_jax.generators.stylegan2`` (TF variable
 names and layouts):
@@ -16,6 +17,10 @@ names and layouts):
   ``layer{i}.noise`` are transposed to NHWC. ``truncation.truncation``, ``layer{i}.filter.kernel``
   and ``upsample.kernel`` are leftover.
 
+The two PyTorch codebases (rosinality/stylegan2-pytorch state dicts, NVlabs/stylegan2-ada-pytorch
+network pickles and state dicts) are converted by ``convert.stylegan2_pytorch``; ``CONVERTER``
+recognises all five layouts.
+
 Sizes and the channel schedule are read from the weights; the default truncation is the
 official one (psi 0.5 on all layers). Missing keys, wrong shapes and unknown keys (e.g. the
 'resnet' architecture's ``skip_layer``) are ``UserError``s naming the key.
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from convert import stylegan2_pytorch as pt
 from convert.registry import Conversion, FamilyConverter
 from convert.stylegan import (count_indexed, fill_params, leftovers, make_spec,
                               sd_mapping_dims, shape_of, tf_style_dims)
@@ -110,11 +116,26 @@ def from_tf(net: Any) -> Conversion:
 
 # ----- genforce state dict -----------------------------------------------------------------------
 
-def matches_state_dict(sd: Mapping[str, Any]) -> bool:
+def matches_genforce(sd: Mapping[str, Any]) -> bool:
   return "synthesis.early_layer.const" in sd
 
 
+def matches_state_dict(sd: Mapping[str, Any]) -> bool:
+  return matches_genforce(sd) or pt.matches_rosinality(sd) or pt.matches_ada(sd)
+
+
 def from_state_dict(sd: Mapping[str, Any]) -> Conversion:
+  """A StyleGAN2 state dict (flat, numpy) in the genforce, rosinality or stylegan2-ada-pytorch
+  layout -> Conversion."""
+  if not matches_genforce(sd):
+    if pt.matches_rosinality(sd):
+      return pt.from_rosinality(sd)
+    if pt.matches_ada(sd):
+      return pt.from_ada(sd)
+  return from_genforce(sd)      # (--family stylegan2 on anything else: names a missing key)
+
+
+def from_genforce(sd: Mapping[str, Any]) -> Conversion:
   """genforce ``StyleGAN2GeneratorNet`` state dict (flat, numpy) -> Conversion."""
   what = "StyleGAN2 state dict"
   noun = "key"
@@ -138,6 +159,8 @@ def from_state_dict(sd: Mapping[str, Any]) -> Conversion:
 
 CONVERTER = FamilyConverter(family="stylegan2", matches_state_dict=matches_state_dict,
                             from_state_dict=from_state_dict, matches_tf=matches_tf,
-                            from_tf=from_tf)
+                            from_tf=from_tf, matches_network=pt.matches_network,
+                            from_network=pt.from_network)
 
-__all__ = ["CONVERTER", "from_state_dict", "from_tf", "matches_state_dict", "matches_tf"]
+__all__ = ["CONVERTER", "from_state_dict", "from_genforce", "from_tf", "matches_state_dict",
+           "matches_genforce", "matches_tf"]

@@ -28,8 +28,9 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from convert.safe_pickle import (NUMPY_GLOBALS, PathOrBytes, PickledDict, UnsafePickleError,
-                                 open_source, plain, restricted_load)
+from convert.safe_pickle import (NUMPY_GLOBALS, ArrayStub, PathOrBytes, PickledDict,
+                                 PickleObject, UnsafePickleError, open_source, plain,
+                                 restricted_load, short)
 from mgan_jax.errors import UserError
 
 #: the NVIDIA network classes the stub stands in for, with the state versions they pickle.
@@ -37,12 +38,21 @@ NETWORK_CLASSES = {("tfutil", "Network"): (2,),
                    ("dnnlib.tflib.network", "Network"): (3, 4)}
 
 
-class TFNetwork:
+#: components may nest at most this deep (Gs -> synthesis is 1 level in official files).
+MAX_COMPONENT_DEPTH = 8
+
+
+class TFNetwork(PickleObject):
   """Inert stand-in for an NVIDIA TF ``Network``: pickle's BUILD only stores its state.
 
   Attributes (after unpickling): ``version`` (int), ``name`` (str), ``static_kwargs`` (dict),
   ``build_func_name`` (str), ``build_module_src`` (str, never executed), ``variables``
   (list of (str, np.ndarray)), ``components`` (dict[str, TFNetwork]).
+
+  A pickle creates one empty (NEWOBJ) and gives it its state once (BUILD); the state is
+  validated then: components must be networks that already have theirs (so a network can
+  neither contain itself nor form a cycle), nested at most ``MAX_COMPONENT_DEPTH`` deep. A
+  network that never receives its state is refused when the pickle has been read.
   """
 
   version: int
@@ -52,45 +62,82 @@ class TFNetwork:
   build_module_src: str
   variables: list
   components: dict
+  _built = False
+  _depth = 0
 
   def __init__(self, *, version: int = 4, name: str = "", static_kwargs: Optional[dict] = None,
                build_func_name: str = "", variables: Any = (),
                components: Optional[Mapping[str, "TFNetwork"]] = None,
                build_module_src: str = ""):
-    self.__setstate__({"version": version, "name": name,
-                       "static_kwargs": dict(static_kwargs or {}),
-                       "build_func_name": build_func_name, "variables": list(variables),
-                       "components": dict(components or {}),
-                       "build_module_src": build_module_src})
+    self._pickle_build({"version": version, "name": name,
+                        "static_kwargs": dict(static_kwargs or {}),
+                        "build_func_name": build_func_name, "variables": list(variables),
+                        "components": dict(components or {}),
+                        "build_module_src": build_module_src})
+
+  @classmethod
+  def _pickle_new(cls, args: tuple, kwargs: dict) -> "TFNetwork":
+    if args or kwargs:
+      raise UnsafePickleError(f"refusing TF Network constructor arguments {short(args)}")
+    return cls.__new__(cls)
+
+  def _pickle_unbuilt(self) -> bool:
+    return not self._built
 
   def __setstate__(self, state: Any) -> None:
-    """Pickle's BUILD: validate and store the data; never execute ``build_module_src``."""
+    self._pickle_build(state)
+
+  def _pickle_build(self, state: Any) -> None:
+    """Pickle's BUILD: validate and store the data once; never execute ``build_module_src``."""
+    if self._built:
+      raise UnsafePickleError("refusing to set the state of a TF Network twice")
     if not isinstance(state, Mapping):
       raise UnsafePickleError(f"TF Network state is a {type(state).__name__}, not a dict")
     version = state.get("version")
-    if not isinstance(version, int) or version not in (2, 3, 4):
-      raise UserError(f"unsupported TF Network state version {version!r} (known: 2, 3, 4)")
+    if type(version) is not int or version not in (2, 3, 4):
+      raise UserError(f"unsupported TF Network state version {short(version)} (known: 2, 3, 4)")
+    raw_vars = state.get("variables", ())
+    if not isinstance(raw_vars, (list, tuple)):
+      raise UserError(f"TF Network variables are a {type(raw_vars).__name__}, not a list")
     variables = []
-    for item in state.get("variables", ()):
+    for item in raw_vars:
+      if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], ArrayStub):
+        item = (item[0], item[1].value())
       if (not isinstance(item, (tuple, list)) or len(item) != 2 or not isinstance(item[0], str)
+          or isinstance(item[1], bool)
           or not isinstance(item[1], (np.ndarray, np.generic, float, int))):
-        raise UserError(f"TF Network variable entry {str(item)[:60]!r} is not (name, array)")
+        raise UserError(f"TF Network variable entry {short(item)} is not (name, array)")
       variables.append((item[0], np.asarray(item[1])))
-    components = dict(state.get("components") or {})
+    raw_comps = state.get("components") or {}
+    if not isinstance(raw_comps, Mapping):
+      raise UserError(f"TF Network components are a {type(raw_comps).__name__}, not a dict")
+    components = dict(raw_comps)
+    depth = 0
     for cname, comp in components.items():
       if not isinstance(cname, str) or not isinstance(comp, TFNetwork):
-        raise UserError(f"TF Network component {cname!r} is a {type(comp).__name__}, "
+        raise UserError(f"TF Network component {short(cname)} is a {type(comp).__name__}, "
                         "not a Network")
+      if not comp._built:
+        raise UserError(f"TF Network component {cname!r} has no state yet (a network cannot "
+                        "contain itself)")
+      depth = max(depth, comp._depth + 1)
+    if depth > MAX_COMPONENT_DEPTH:
+      raise UserError(f"TF Network components nested more than {MAX_COMPONENT_DEPTH} deep")
     static_kwargs = state.get("static_kwargs") or {}
     if not isinstance(static_kwargs, Mapping):
       raise UserError(f"TF Network static_kwargs is a {type(static_kwargs).__name__}")
+    for field in ("name", "build_func_name", "build_module_src"):
+      if not isinstance(state.get(field, ""), str):
+        raise UserError(f"TF Network {field} is a {type(state.get(field)).__name__}, not a str")
     self.version = version
-    self.name = str(state.get("name", ""))
+    self.name = state.get("name", "")
     self.static_kwargs = plain(dict(static_kwargs))
-    self.build_func_name = str(state.get("build_func_name", ""))
-    self.build_module_src = str(state.get("build_module_src", ""))
+    self.build_func_name = state.get("build_func_name", "")
+    self.build_module_src = state.get("build_module_src", "")
     self.variables = variables
     self.components = components
+    self._depth = depth
+    self._built = True
 
   def all_variables(self, prefix: str = "") -> dict[str, np.ndarray]:
     """Own variables as ``prefix + name``, components recursively as ``prefix + comp + '/'``."""
@@ -100,6 +147,8 @@ class TFNetwork:
     return out
 
   def __repr__(self) -> str:
+    if not self._built:
+      return "TFNetwork(<no state>)"
     comps = f", components={sorted(self.components)}" if self.components else ""
     return (f"TFNetwork(name={self.name!r}, version={self.version}, "
             f"build_func_name={self.build_func_name!r}, {len(self.variables)} variables{comps})")
@@ -122,7 +171,7 @@ TF_GLOBALS: Mapping[tuple[str, str], Any] = _tf_globals()
 def load_pickle(src: PathOrBytes, *, name: str | None = None) -> Any:
   """Load a pickle that may hold TF ``Network`` stubs, numpy arrays and plain containers."""
   data, display = open_source(src, name)
-  return plain(restricted_load(data, name=display, allowed=TF_GLOBALS))
+  return restricted_load(data, name=display, allowed=TF_GLOBALS)
 
 
 def read_tf_pickle(src: PathOrBytes, *, name: str | None = None) -> tuple:

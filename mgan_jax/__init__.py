@@ -13,20 +13,23 @@ layer (each imports only from the layers above it; CONTRIBUTING.md has the map):
   ``imageio``, ``runstate`` and ``batch_checkpoint`` (resumable runs)
 * the pipeline -- ``tasks``, ``pipeline`` (``Inverter``), ``outputs``, ``progress``,
   ``resumable`` (the one resumable loop), ``defaults``
+* editing -- ``directions`` (SeFa, boundary files), ``edits`` (moves, interpolation, style
+  mixing)
 * assets -- ``assets`` (the pinned default prior and VGG16 weights, fetched on first use)
-* command lines -- ``cli``, ``invert`` (``invert_images``, ``invert_reproduce``), ``generate``
+* command lines -- ``cli``, ``invert`` (``invert_images``, ``invert_reproduce``), ``generate``,
+  ``manipulate``
 """
 
 import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["assets", "baselines", "batch_checkpoint", "checkpoint", "cli", "defaults", "engine",
-           "errors", "fileio", "generate", "generators", "imageio", "inversion", "invert",
-           "invert_images", "invert_reproduce", "latents", "latents_io", "lpips", "metrics",
-           "objective", "operators",
-           "optimize", "outputs", "perceptual", "pipeline", "progress", "resumable", "runstate",
-           "sharding", "tasks"]
+__all__ = ["assets", "baselines", "batch_checkpoint", "checkpoint", "cli", "defaults",
+           "directions", "edits", "engine", "errors", "fileio", "generate", "generators",
+           "imageio", "inversion", "invert", "invert_images", "invert_reproduce", "latents",
+           "latents_io", "lpips", "manipulate", "metrics", "objective", "operators", "optimize",
+           "outputs", "perceptual", "pipeline", "progress", "resumable", "runstate", "sharding",
+           "tasks"]
 
 
 def __getattr__(name):

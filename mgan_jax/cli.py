@@ -167,6 +167,56 @@ def load_model(args: argparse.Namespace) -> tuple[Any, Any, str, str | None]:
 
 
 # ----------------------------------------------------------------------------------------------
+# The persistent compilation cache.
+# ----------------------------------------------------------------------------------------------
+ENV_COMPILE_CACHE = "MGAN_JAX_COMPILE_CACHE"
+
+
+def add_compile_cache_argument(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--no-compile-cache", action="store_true",
+                      help="do not read or write the persistent compilation cache (on by "
+                           f"default, in the asset cache's xla/ directory; {ENV_COMPILE_CACHE}"
+                           "=0 turns it off too, or names another directory)")
+
+
+def compile_cache_dir(args: argparse.Namespace | None = None,
+                      environ: Mapping[str, str] | None = None) -> str | None:
+  """Where compiled programs are kept across runs, or None when the cache is off: off with
+  ``--no-compile-cache`` or ``MGAN_JAX_COMPILE_CACHE=0`` (also ``off``, ``false``, ``no``);
+  a directory given by that variable; else ``<asset cache>/xla`` (``$MGAN_JAX_CACHE`` or
+  ``~/.cache/mgan_jax``)."""
+  env = os.environ if environ is None else environ
+  if args is not None and getattr(args, "no_compile_cache", False):
+    return None
+  value = env.get(ENV_COMPILE_CACHE, "").strip()
+  if value.lower() in ("0", "off", "false", "no"):
+    return None
+  if value:
+    return os.path.abspath(os.path.expanduser(value))
+  from mgan_jax import assets
+  return os.fspath(assets.cache_dir() / "xla")
+
+
+def enable_compile_cache(args: argparse.Namespace | None = None) -> str | None:
+  """Turn on JAX's persistent compilation cache (``compile_cache_dir``) for this process, so a
+  repeated command skips compiling the programs it compiled before (programs that took at
+  least half a second to compile are kept). Call before anything compiles. Returns the
+  directory, or None when off."""
+  path = compile_cache_dir(args)
+  if path is None:
+    return None
+  import jax
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"{ENV_COMPILE_CACHE}: cannot create the compilation cache {path} "
+                    f"({e.strerror or e}); pass --no-compile-cache") from None
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return path
+
+
+# ----------------------------------------------------------------------------------------------
 # The inversion flags (both modes of python -m mgan_jax.invert).
 # ----------------------------------------------------------------------------------------------
 def _shown(defaults: Mapping[str, Any] | None, key: str, fmt: str = "{}") -> str:
@@ -294,4 +344,6 @@ def resolve_settings(args: argparse.Namespace, gen: Any, defaults: Mapping[str, 
 
 __all__ = ["METHODS", "METHOD_ALIASES", "Parser", "method_name", "engine_method", "cli_method",
            "int_arg", "float_arg", "size_arg", "layers_arg", "add_model_arguments",
-           "model_source", "load_model", "add_inversion_arguments", "resolve_settings"]
+           "model_source", "load_model", "add_inversion_arguments", "resolve_settings",
+           "ENV_COMPILE_CACHE", "add_compile_cache_argument", "compile_cache_dir",
+           "enable_compile_cache"]

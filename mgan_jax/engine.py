@@ -20,7 +20,13 @@ TPU host, a researcher's own objective -- runs here::
   image axis (targets) and None when it is shared (generator and VGG params: replicated on every
   device, never closed over, no gradients). Gradients are taken w.r.t. the latents only.
 * Each image has its own latents, optimiser state and loss mean, and nothing crosses devices,
-  so a batch follows its images' single-image dynamics (equal up to float rounding).
+  so a batch follows its images' single-image dynamics. How the images of a device's slice
+  are computed is ``per_image``: ``'vmap'`` (default) batches them into the same operations
+  (fastest; the results equal the single-image runs up to float rounding, which differs between
+  batch sizes and which a long optimisation amplifies, docs/batch.md), ``'map'`` runs them one
+  after the other inside the program (``lax.map``), so every image's arithmetic is the same
+  whatever the batch size or device count: the results are bit-identical to the single-image
+  runs of the same mode on the same machine, at up to half the throughput on a CPU.
 * A batch is padded to a multiple of the mesh size (and to ``batch_size``, so a short tail
   batch reuses the program) by repeating its last image; the padding is dropped.
 * ``iterations`` run as a fixed sequence of compiled chunks (``chunk_boundaries``): every
@@ -122,18 +128,36 @@ class BatchResult(NamedTuple):
 # ----------------------------------------------------------------------------------------------
 # The compiled programs.
 # ----------------------------------------------------------------------------------------------
+PER_IMAGE = ("vmap", "map")
+
+
 def _one_image(fn: Callable, lat: Any, args: tuple) -> Array:
   img = fn(lat, *args)
   return img[0] if img.ndim == 4 else img
 
 
-def _chunk_program(loss_fn, tx, steps, unroll, render_fn, arg_axes, mesh, latents, opt_state,
-                   args):
+def _per_image(fn: Callable, per_image: str, arg_axes: tuple, batched: tuple, args_b: tuple):
+  """``fn(*batched_i, args_i)`` for every image i of a device's slice: vmapped, or mapped one
+  image after the other (``lax.map``; the shared args are passed through, not mapped)."""
+  if per_image == "vmap":
+    return jax.vmap(fn, in_axes=(0,) * len(batched) + (arg_axes,))(*batched, args_b)
+  per = tuple(a if ax == 0 else None for a, ax in zip(args_b, arg_axes))
+
+  def body(x):
+    *b, per_i = x
+    a = tuple(p if ax == 0 else s for p, s, ax in zip(per_i, args_b, arg_axes))
+    return fn(*b, a)
+
+  return jax.lax.map(body, (*batched, per))
+
+
+def _chunk_program(loss_fn, tx, steps, unroll, render_fn, arg_axes, per_image, mesh, latents,
+                   opt_state, args):
   def local(lat_b, st_b, args_b):
     def one(lat, st, a):
       lat, st, losses = optimize_lib.scan_steps(loss_fn, tx, steps, lat, st, a, unroll=unroll)
       return lat, st, losses, (_one_image(render_fn, lat, a) if render_fn else None)
-    return jax.vmap(one, in_axes=(0, 0, arg_axes))(lat_b, st_b, args_b)
+    return _per_image(one, per_image, arg_axes, (lat_b, st_b), args_b)
 
   data = P(AXIS)
   arg_specs = tuple(data if a == 0 else P() for a in arg_axes)
@@ -142,19 +166,19 @@ def _chunk_program(loss_fn, tx, steps, unroll, render_fn, arg_axes, mesh, latent
                        out_specs=out_specs)(latents, opt_state, args)
 
 
-def _render_program(render_fn, arg_axes, mesh, latents, args):
+def _render_program(render_fn, arg_axes, per_image, mesh, latents, args):
   def local(lat_b, args_b):
-    return jax.vmap(lambda lat, a: _one_image(render_fn, lat, a),
-                    in_axes=(0, arg_axes))(lat_b, args_b)
+    return _per_image(lambda lat, a: _one_image(render_fn, lat, a), per_image, arg_axes,
+                      (lat_b,), args_b)
 
   arg_specs = tuple(P(AXIS) if a == 0 else P() for a in arg_axes)
   return jax.shard_map(local, mesh=mesh, in_specs=(P(AXIS), arg_specs),
                        out_specs=P(AXIS))(latents, args)
 
 
-_CHUNK_JIT = jax.jit(_chunk_program, static_argnums=(0, 1, 2, 3, 4, 5, 6),
-                     donate_argnums=(7, 8))
-_RENDER_JIT = jax.jit(_render_program, static_argnums=(0, 1, 2))
+_CHUNK_JIT = jax.jit(_chunk_program, static_argnums=(0, 1, 2, 3, 4, 5, 6, 7),
+                     donate_argnums=(8, 9))
+_RENDER_JIT = jax.jit(_render_program, static_argnums=(0, 1, 2, 3))
 _PROGRAMS: dict = {}
 
 
@@ -186,6 +210,19 @@ def _compiled(kind: str, static: tuple, trees: tuple, shardings: tuple) -> tuple
   return exe, time.perf_counter() - t0
 
 
+def trim_heap() -> bool:
+  """Return freed heap pages to the OS (glibc ``malloc_trim``; False where unavailable).
+
+  XLA's compiler frees a lot of memory that the allocator would otherwise keep: trimming after
+  compiling lowers a run's peak RSS by about a third on the CPU (docs/engine.md)."""
+  try:
+    import ctypes
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return True
+  except (OSError, AttributeError):
+    return False
+
+
 def clear_cache() -> None:
   """Forget the compiled programs of this process (e.g. after changing a global JAX option)."""
   _PROGRAMS.clear()
@@ -209,13 +246,18 @@ class Engine:
     mesh: devices the batch is split over (default ``sharding.local_mesh()``).
     batch_size: images per program; every batch is padded to it (and to a multiple of the
       mesh size), so one program serves full and tail batches.
+    per_image: ``'vmap'`` (default, fastest) or ``'map'`` (bit-identical to single-image runs
+      whatever the batch size; see the module docstring).
   """
 
   def __init__(self, loss_fn: Callable[..., Array], *,
                optimizer: optimize_lib.OptimizerConfig | optax.GradientTransformation,
                arg_axes: Sequence[int | None], iterations: int, chunk: int = 100,
                checkpoint_every: int = 0, render_fn: Callable[..., Array] | None = None,
-               mesh: Mesh | None = None, batch_size: int = 1):
+               mesh: Mesh | None = None, batch_size: int = 1, per_image: str = "vmap"):
+    if per_image not in PER_IMAGE:
+      raise ValueError(f"per_image must be one of {PER_IMAGE}, got {per_image!r}")
+    self.per_image = per_image
     if iterations < 0:
       raise ValueError(f"iterations must be >= 0, got {iterations}")
     if batch_size < 1:
@@ -261,18 +303,22 @@ class Engine:
 
   def _programs(self, lat, st, args) -> tuple[dict, Any]:
     """The compiled chunk programs (by step count) and the render program (or None)."""
+    compiled_before = self.compile_seconds
     progs = {}
     for steps in sorted(set(self.plan)):
       static = (self.loss_fn, self.tx, steps, unroll_for(steps), self.render_fn, self.arg_axes,
-                self.mesh)
+                self.per_image, self.mesh)
       progs[steps], dt = _compiled("chunk", static, (lat, st, args),
                                    (self._data, self._data, self._arg_shardings()))
       self.compile_seconds += dt
     render = None
     if self.render_fn is not None:
-      render, dt = _compiled("render", (self.render_fn, self.arg_axes, self.mesh), (lat, args),
+      render, dt = _compiled("render", (self.render_fn, self.arg_axes, self.per_image, self.mesh),
+                             (lat, args),
                              (self._data, self._arg_shardings()))
       self.compile_seconds += dt
+    if self.compile_seconds > compiled_before:
+      trim_heap()
     return progs, render
 
   def compile(self, latents: Any, args: Sequence[Any]) -> float:
@@ -377,7 +423,7 @@ def run_batch(loss_fn: Callable[..., Array], latents: Any, args: Sequence[Any], 
               optimize_lib.OptimizerConfig(),
               iterations: int, chunk: int = 100, checkpoint_every: int = 0,
               render_fn: Callable[..., Array] | None = None, mesh: Mesh | None = None,
-              pad_to: int = 0, start: BatchState | None = None,
+              pad_to: int = 0, per_image: str = "vmap", start: BatchState | None = None,
               on_chunk: Callable[[int, np.ndarray, np.ndarray | None], Any] | None = None,
               on_checkpoint: Callable[[BatchState], Any] | None = None) -> BatchResult:
   """Optimise a batch of n images in one call: ``Engine(...).run(...)`` with batch_size
@@ -392,7 +438,7 @@ def run_batch(loss_fn: Callable[..., Array], latents: Any, args: Sequence[Any], 
   n = sharding.batch_size_of(ref)
   eng = Engine(loss_fn, optimizer=optimizer, arg_axes=arg_axes, iterations=iterations,
                chunk=chunk, checkpoint_every=checkpoint_every, render_fn=render_fn, mesh=mesh,
-               batch_size=max(n, pad_to))
+               batch_size=max(n, pad_to), per_image=per_image)
   return eng.run(latents, args, start=start, on_chunk=on_chunk, on_checkpoint=on_checkpoint)
 
 
@@ -406,7 +452,7 @@ class OptimizeResult(NamedTuple):
 def optimize(loss_fn: Callable[..., Array], latents: Any, args: Sequence[Any], *,
              optimizer: optimize_lib.OptimizerConfig | optax.GradientTransformation =
              optimize_lib.OptimizerConfig(),
-             iterations: int, chunk: int = 100,
+             iterations: int, chunk: int = 100, per_image: str = "vmap",
              callback: Callable[[int, np.ndarray], Any] | None = None) -> OptimizeResult:
   """One image (no leading axis): ``run_batch`` on a batch of one, on one device.
 
@@ -417,10 +463,12 @@ def optimize(loss_fn: Callable[..., Array], latents: Any, args: Sequence[Any], *
   cb = None if callback is None else (lambda done, losses, _: callback(done, losses[0]))
   res = run_batch(loss_fn, one, tuple(args), arg_axes=(None,) * len(tuple(args)),
                   optimizer=optimizer, iterations=iterations, chunk=chunk,
-                  mesh=sharding.local_mesh(jax.local_devices()[:1]), on_chunk=cb)
+                  mesh=sharding.local_mesh(jax.local_devices()[:1]), per_image=per_image,
+                  on_chunk=cb)
   first = lambda tree: jax.tree.map(lambda x: x[0], tree)
   return OptimizeResult(first(res.latents), res.losses[0], first(res.opt_state), res.seconds)
 
 
-__all__ = ["Engine", "BatchState", "BatchResult", "run_batch", "optimize", "OptimizeResult",
-           "chunk_boundaries", "chunk_plan", "default_chunk", "unroll_for", "clear_cache"]
+__all__ = ["PER_IMAGE", "Engine", "BatchState", "BatchResult", "run_batch", "optimize", "OptimizeResult",
+           "chunk_boundaries", "chunk_plan", "default_chunk", "unroll_for", "clear_cache",
+           "trim_heap"]

@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="images per jitted call (default 8)")
   p.add_argument("--force", action="store_true",
                  help="replace an existing --out file and existing PNGs")
+  cli.add_compile_cache_argument(p)
   return p
 
 
@@ -208,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.truncation is not None and not math.isfinite(args.truncation):
     raise UserError(f"--truncation must be a finite number, got {args.truncation}")
   _check_outputs(args, args.num)
+  cli.enable_compile_cache(args)
 
   spec, params, label, _ = cli.load_model(args)
 

@@ -2,10 +2,21 @@
 and atomic output directories.
 
 Reading (``read_image``): any file PIL can open (PNG, JPEG, WebP, TIFF, BMP, GIF first frame,
-16-bit and float grayscale, palette, alpha) -> float32 (H, W, 3) in [-1, 1] (official
-``to_tensor(x) * 2 - 1``, RGB; alpha is dropped as the official ``.convert('RGB')`` does, gray is
-repeated to 3 channels; the EXIF orientation is applied). The model resolution is never reached
-silently: ``fit`` says what to do when the size differs (``FITS``):
+16-bit and float grayscale, palette, CMYK, alpha) -> float32 (H, W, 3) in [-1, 1] (official
+``to_tensor(x) * 2 - 1``, RGB). The conversion rules (``FitReport.notes`` says which applied):
+
+* gray (8-bit, 16-bit, 32-bit integer, float) is repeated to 3 channels; 16-bit is scaled by
+  65535, float images in [0, 1] are used as they are;
+* palette and CMYK images are converted to RGB;
+* an image with transparency (RGBA, LA, a palette with a transparent colour) is composited
+  over **white** (``ALPHA_BACKGROUND``); fully opaque alpha is simply dropped (the official code
+  drops it always);
+* the EXIF orientation is applied (a photo is used the way it is shown);
+* images of more than ``MAX_PIXELS`` pixels are refused before decoding (one line naming the
+  file), and so are files PIL itself flags as decompression bombs.
+
+The model resolution is never reached silently: ``fit`` says what to do when the size differs
+(``FITS``):
 
 * ``'error'`` (default): a ``UserError`` naming the file, both sizes and the flag to use;
 * ``'resize'``: resize to the expected size (PIL Lanczos; the aspect ratio changes if the file
@@ -31,6 +42,7 @@ import dataclasses
 import glob
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -40,6 +52,14 @@ from mgan_jax.errors import UserError
 
 FITS = ("error", "resize", "center-crop")
 LIST_SUFFIXES = (".txt", ".lst")
+#: Largest image accepted (pixels): 64 megapixels, checked from the header before decoding.
+MAX_PIXELS = 64 * 1024 * 1024
+#: What transparent pixels are composited over (RGB, 0-255).
+ALPHA_BACKGROUND = (255, 255, 255)
+#: In directories and glob patterns, files whose name starts with one of these are masks, not
+#: inputs, and are skipped (with a notice): keep a mask next to its images without it being
+#: inverted as one.
+MASK_PREFIXES = ("mask",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,17 +68,20 @@ class FitReport:
 
   original: (width, height) of the file; size: the (width, height) returned; op: ``'none'``,
   ``'resize'`` or ``'center-crop'``; crop: the (left, top, right, bottom) box for center-crop;
-  note: a human-readable sentence (empty when nothing was done).
+  note: a human-readable sentence (empty when nothing was done); conversions: the decoding
+  rules that applied (e.g. ``'transparency composited over white'``).
   """
   original: tuple[int, int]
   size: tuple[int, int]
   op: str = "none"
   crop: tuple[int, int, int, int] | None = None
   note: str = ""
+  conversions: tuple[str, ...] = ()
 
   def to_json(self) -> dict:
     return {"original_size": list(self.original), "size": list(self.size), "op": self.op,
-            "crop_box": list(self.crop) if self.crop else None, "note": self.note}
+            "crop_box": list(self.crop) if self.crop else None, "note": self.note,
+            "conversions": list(self.conversions)}
 
 
 def _image_module():
@@ -74,28 +97,60 @@ def open_image(path: str | os.PathLike):
   if not path.is_file():
     raise UserError(f"{path}: no such image file")
   try:
-    with Image.open(path) as im:
+    with warnings.catch_warnings():      # our own cap (MAX_PIXELS) is lower than PIL's warning
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      im = Image.open(path)
+    with im:
+      w, h = im.size
+      if w * h > MAX_PIXELS:
+        raise UserError(f"{path}: image is {w}x{h} ({w * h / 1e6:.0f} megapixels); at most "
+                        f"{MAX_PIXELS / 1e6:.0f} megapixels are read (downscale it first)")
+      if w < 1 or h < 1:
+        raise UserError(f"{path}: image has no pixels ({w}x{h})")
       im.seek(0)
       im.load()
       im = ImageOps.exif_transpose(im)
       return im.copy()
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+  except UserError:
+    raise
+  except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise UserError(f"{path}: cannot read as an image ({reason})") from None
 
 
-def _to_rgb_array(im) -> np.ndarray:
-  """PIL image of any mode -> float32 (H, W, 3) in [0, 1]."""
+def _to_rgb_array(im) -> tuple[np.ndarray, tuple[str, ...]]:
+  """PIL image of any mode -> (float32 (H, W, 3) in [0, 1], the conversions applied)."""
+  Image, _ = _image_module()
+  notes = []
   if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
     a = np.asarray(im, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+      raise ValueError("the image holds NaN or infinite values")
     top = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
     if im.mode == "F" and a.max(initial=0) <= 1.0:
       top = 1.0
+    notes.append(f"{im.mode} gray scaled by 1/{top:g}, repeated to RGB")
     a = np.clip(a / top, 0.0, 1.0)[..., None].repeat(3, axis=-1)
-    return a.astype(np.float32)
+    return a.astype(np.float32), tuple(notes)
+  if im.mode == "P":
+    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    notes.append("palette converted to RGB")
+  if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    rgba = im.convert("RGBA")
+    alpha = np.asarray(rgba)[..., 3]
+    if alpha.min() < 255:
+      bg = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
+      im = Image.alpha_composite(bg, rgba)
+      notes.append("transparency composited over white")
+    else:
+      im = rgba
+  if im.mode in ("L", "1", "LA"):
+    notes.append("gray repeated to RGB")
+  elif im.mode not in ("RGB", "RGBA"):
+    notes.append(f"{im.mode} converted to RGB")
   if im.mode != "RGB":
     im = im.convert("RGB")
-  return np.asarray(im, dtype=np.float32) / 255.0
+  return np.asarray(im, dtype=np.float32) / 255.0, tuple(notes)
 
 
 def _fit_geometry(path: Path, original: tuple[int, int], expected: tuple[int, int], fit: str,
@@ -145,7 +200,11 @@ def read_image(path: str | os.PathLike, *, size: int | tuple[int, int], fit: str
   expected = (size, size) if isinstance(size, int) else tuple(size)
   im = open_image(path)
   report = _fit_geometry(path, im.size, expected, fit, "image", flag)
-  rgb = _to_rgb_array(im)
+  try:
+    rgb, notes = _to_rgb_array(im)
+  except ValueError as e:
+    raise UserError(f"{path}: {e}") from None
+  report = dataclasses.replace(report, conversions=notes)
   if report.op != "none":   # resample in 8-bit-free float: PIL 'F' per channel
     chans = [Image.fromarray(np.ascontiguousarray(rgb[..., c], np.float32)) for c in range(3)]
     chans = [_apply_fit(c, report, Image.Resampling.LANCZOS) for c in chans]
@@ -158,14 +217,17 @@ def read_image(path: str | os.PathLike, *, size: int | tuple[int, int], fit: str
 def read_mask(path: str | os.PathLike, *, size: int | tuple[int, int], fit: str = "error",
               flag: str = "--fit") -> tuple[np.ndarray, FitReport]:
   """Read a mask as float32 (H, W, 1) in [0, 1], **1 (white) = missing / corrupted** (official
-  ``to_tensor(mask)``; color masks are converted to gray, alpha dropped). Fitted like
-  ``read_image`` but with nearest resampling (a binary mask stays binary)."""
+  ``to_tensor(mask)``; color masks are converted to gray, transparency over white). Fitted
+  like ``read_image`` but with nearest resampling (a binary mask stays binary)."""
   Image, _ = _image_module()
   path = Path(path)
   expected = (size, size) if isinstance(size, int) else tuple(size)
   im = open_image(path)
   report = _fit_geometry(path, im.size, expected, fit, "mask", flag)
-  gray = _to_rgb_array(im)[..., :1]
+  try:
+    gray = _to_rgb_array(im)[0][..., :1]
+  except ValueError as e:
+    raise UserError(f"{path}: {e}") from None
   if report.op != "none":
     g = Image.fromarray(np.ascontiguousarray(gray[..., 0], np.float32))
     gray = np.asarray(_apply_fit(g, report, Image.Resampling.NEAREST))[..., None]
@@ -186,20 +248,41 @@ def _is_glob(spec: str) -> bool:
   return any(c in spec for c in "*?[")
 
 
-def list_inputs(specs: Sequence[str | os.PathLike], *, flag: str = "--image") -> list[Path]:
+def is_mask_name(path: Path) -> bool:
+  """A file a directory or glob expansion skips as a mask (``MASK_PREFIXES``)."""
+  return Path(path).name.lower().startswith(MASK_PREFIXES)
+
+
+def list_inputs(specs: Sequence[str | os.PathLike], *, flag: str = "--image",
+                exclude: Sequence[str | os.PathLike] = (),
+                skipped: list | None = None) -> list[Path]:
   """Expand ``specs`` (files, directories, globs, LIST.txt files) into image paths, in order.
 
   Directories give their image files (by suffix, sorted by name, not recursive); globs their
   sorted matches; a ``.txt`` / ``.lst`` file one path per line (relative paths are relative to
-  the list file). Raises UserError naming the spec when it matches nothing.
+  the list file). In directories and globs, files named like masks (``MASK_PREFIXES``) and the
+  files in ``exclude`` (the run's own --mask) are skipped and appended to ``skipped``; a file
+  named explicitly is always used. Raises UserError naming the spec when it matches nothing.
   """
   exts = image_extensions()
   out: list[Path] = []
+  excluded = {Path(e).resolve() for e in exclude}
+
+  def keep(files: list[Path]) -> list[Path]:
+    kept = []
+    for f in files:
+      if is_mask_name(f) or f.resolve() in excluded:
+        if skipped is not None:
+          skipped.append(f)
+      else:
+        kept.append(f)
+    return kept
+
   for raw in specs:
     spec = os.fspath(raw)
     p = Path(spec).expanduser()
     if p.is_dir():
-      files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in exts)
+      files = keep(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in exts))
       if not files:
         raise UserError(f"{flag} {spec}: directory holds no image files "
                         f"({', '.join(sorted(e for e in exts if e in ('.png', '.jpg', '.jpeg')))}"
@@ -211,7 +294,7 @@ def list_inputs(specs: Sequence[str | os.PathLike], *, flag: str = "--image") ->
       out.append(p)
     elif _is_glob(spec):
       matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(spec), recursive=True))
-      files = [m for m in matches if m.is_file()]
+      files = keep([m for m in matches if m.is_file()])
       if not files:
         raise UserError(f"{flag} {spec}: the pattern matches no file")
       out.extend(files)
@@ -260,7 +343,9 @@ def output_names(paths: Sequence[Path]) -> list[str]:
     names.append(s)
   if len(set(names)) != len(names):   # the same file given twice
     dup = next(n for n in names if names.count(n) > 1)
-    raise UserError(f"the input {dup!r} is given more than once")
+    given = [os.fspath(p) for p, n in zip(paths, names) if n == dup]
+    raise UserError(f"the input {given[0]} is given more than once"
+                    + (f" (also as {given[1]})" if given[1] != given[0] else ""))
   return names
 
 
@@ -269,7 +354,7 @@ def output_names(paths: Sequence[Path]) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 def to_uint8(image: np.ndarray) -> np.ndarray:
   """[-1, 1] float (H, W, C) -> uint8 (clipped, rounded)."""
-  x = (np.clip(np.asarray(image, np.float32), -1.0, 1.0) + 1.0) * 127.5
+  x = (np.clip(np.nan_to_num(np.asarray(image, np.float32)), -1.0, 1.0) + 1.0) * 127.5
   return np.round(x).astype(np.uint8)
 
 
@@ -316,26 +401,42 @@ def _json_default(o):
   raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def grid(images: Sequence[np.ndarray], *, size: int | None = None, pad: int = 2) -> np.ndarray:
-  """Side-by-side uint8 grid of [-1, 1] images (H_i, W_i, 3), each nearest-resized to
-  ``size`` (default: the largest height), separated by ``pad`` white pixels."""
+def labeled_grid(rows: Sequence[Sequence[tuple[np.ndarray, str]]], *,
+                 header: Sequence[str] = (), size: int | None = None, scale: int = 1,
+                 pad: int = 4) -> np.ndarray:
+  """A uint8 sheet of image tiles with a column header and a caption under every tile.
+
+  rows: per row, (image, caption) tiles; images are [-1, 1] floats or uint8 (H_i, W_i, 3), each
+  nearest-resized to ``size`` (default: the largest height) times ``scale``. ``header``: one
+  label per column. Text is drawn with PIL's built-in font (no font files needed).
+  """
   Image, _ = _image_module()
-  tiles = [to_uint8(x) if np.asarray(x).dtype != np.uint8 else np.asarray(x) for x in images]
-  side = size or max(t.shape[0] for t in tiles)
-  out = []
-  for t in tiles:
-    if t.shape[:2] != (side, side):
-      t = np.asarray(Image.fromarray(t).resize((side, side), Image.Resampling.NEAREST))
-    out.append(t)
-  white = np.full((side, pad, 3), 255, np.uint8)
-  row = [white]
-  for t in out:
-    row += [t, white]
-  row = np.concatenate(row, axis=1)
-  band = np.full((pad, row.shape[1], 3), 255, np.uint8)
-  return np.concatenate([band, row, band], axis=0)
+  from PIL import ImageDraw
+  tiles = [[(to_uint8(x) if np.asarray(x).dtype != np.uint8 else np.asarray(x), c) for x, c in r]
+           for r in rows]
+  side = (size or max(t.shape[0] for r in tiles for t, _ in r)) * scale
+  ncols = max(len(r) for r in tiles)
+  head = 14 if header else 0
+  foot = 13 if any(c for r in tiles for _, c in r) else 0
+  width = pad + ncols * (side + pad)
+  canvas = Image.new("RGB", (width, head + pad + len(tiles) * (side + foot + pad)),
+                     (255, 255, 255))
+  draw = ImageDraw.Draw(canvas)
+  for j, label in enumerate(header):
+    draw.text((pad + j * (side + pad) + 1, 2), str(label), fill=(0, 0, 0))
+  for i, r in enumerate(tiles):
+    y = head + pad + i * (side + foot + pad)
+    for j, (t, caption) in enumerate(r):
+      x = pad + j * (side + pad)
+      im = Image.fromarray(t)
+      if im.size != (side, side):
+        im = im.resize((side, side), Image.Resampling.NEAREST)
+      canvas.paste(im, (x, y))
+      if caption:
+        draw.text((x + 1, y + side + 1), caption, fill=(0, 0, 0))
+  return np.asarray(canvas)
 
 
-__all__ = ["FITS", "FitReport", "open_image", "read_image", "read_mask", "image_extensions",
-           "list_inputs", "output_names", "to_uint8", "from_uint8", "write_png", "write_json",
-           "grid"]
+__all__ = ["FITS", "MAX_PIXELS", "ALPHA_BACKGROUND", "MASK_PREFIXES", "FitReport", "open_image",
+           "read_image", "read_mask", "image_extensions", "is_mask_name", "list_inputs",
+           "output_names", "to_uint8", "from_uint8", "write_png", "write_json", "labeled_grid"]

@@ -33,6 +33,8 @@ from mgan_jax import cli, defaults as defaults_lib, imageio, tasks
 from mgan_jax.errors import UserError, cli_entry
 
 PROG = "python -m mgan_jax.invert"
+#: Exit status when some images failed numerically (the others were written).
+EXIT_FAILED_IMAGES = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, shown: Mapping[str, Any] | None = None
@@ -41,10 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser, *, shown: Mapping[str, Any] |
   g = parser.add_argument_group("inputs")
   g.add_argument("--image", nargs="+", metavar="SPEC", required=True,
                  help="input images: files, directories, glob patterns ('faces/*.jpg') or "
-                      "LIST.txt files (one path per line); any PIL-readable format")
+                      "LIST.txt files (one path per line); any PIL-readable format "
+                      "(transparency is composited over white); directories and patterns skip "
+                      "files named mask*")
   g.add_argument("--mask", metavar="FILE",
                  help="mask for inpaint (and for denoise with --observed): white = missing / "
-                      "corrupted pixels; the observation's size")
+                      "corrupted pixels, binarized at 50%% gray; the observation's size")
   g.add_argument("--clean", nargs="+", metavar="SPEC",
                  help="with --observed: clean reference images for PSNR/SSIM, one per input, "
                       "same order")
@@ -62,13 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser, *, shown: Mapping[str, Any] |
   factor = f" (default {shown['factor']})" if shown else " (default: per model)"
   t.add_argument("--factor", type=cli.int_arg(2), default=None, metavar="K",
                  help=f"super-resolution factor{factor}")
-  t.add_argument("--resample", default="bilinear", metavar="METHOD",
+  t.add_argument("--resample", default=None, metavar="METHOD",
                  help="super-resolution downsampling: bilinear (official, no antialias), "
                       "bicubic, area or nearest (default bilinear)")
-  t.add_argument("--noise", type=cli.float_arg(0.0), default=0.1, metavar="SIGMA",
+  t.add_argument("--noise", type=cli.float_arg(0.0), default=None, metavar="SIGMA",
                  help="denoise: Gaussian noise sigma on the [0, 1] pixel scale (default 0.1)")
   t.add_argument("--noise-fraction", type=cli.float_arg(0.0, strict=True, maximum=1.0),
-                 default=1.0, metavar="F",
+                 default=None, metavar="F",
                  help="denoise: share of noisy pixels; < 1 = known positions, left out of the "
                       "loss (the maintainers' protocol) (default 1: every pixel)")
   on = lambda key: (" (default: on for this model)" if shown.get(key) else
@@ -93,9 +97,15 @@ def add_arguments(parser: argparse.ArgumentParser, *, shown: Mapping[str, Any] |
                  help="output directory (OUT/<image name>/...) (default out/invert)")
   r.add_argument("--batch-size", type=cli.int_arg(1), default=1, metavar="B",
                  help="images inverted together in one compiled program (default 1)")
+  r.add_argument("--exact-batches", action="store_true",
+                 help="compute every image of a batch on its own inside the program, so that "
+                      "its result is bit-identical to its single-image run whatever the batch "
+                      "size and device count (same machine); up to half the throughput on a "
+                      "CPU. Default: vmapped batches, equal up to float rounding (docs/batch.md)")
   r.add_argument("--force", action="store_true",
                  help="recompute the named images and replace their outputs")
   r.add_argument("--quiet", action="store_true", help="no progress output")
+  cli.add_compile_cache_argument(r)
   r.add_argument("--checkpoint-every", type=cli.int_arg(0), default=0, metavar="K",
                  help="checkpoint the batch in flight every K iterations (OUT/.mgan_jax_run/): "
                       "rerunning the same command after a kill resumes it; finished images "
@@ -159,9 +169,40 @@ def _init_source(spec: str | None) -> tuple[Path | None, dict | None]:
   return None, {"latents": lat, "meta": meta, "path": p}
 
 
+def input_paths(args: argparse.Namespace, *, log=None) -> list[Path]:
+  """The input images of ``--image`` (``imageio.list_inputs``; the --mask file and files named
+  mask* are skipped in directories and patterns, with a notice)."""
+  skipped: list = []
+  paths = imageio.list_inputs(args.image, exclude=[args.mask] if args.mask else [],
+                              skipped=skipped)
+  if skipped and log is not None:
+    shown = ", ".join(p.name for p in skipped[:4]) + (" ..." if len(skipped) > 4 else "")
+    log(f"  skipped {len(skipped)} mask file(s) among the inputs: {shown}")
+  return paths
+
+
+def _digest(*parts: Any) -> str:
+  """sha256 over files (paths, read as bytes) and arrays: what a result depends on."""
+  import hashlib
+  import numpy as np
+  h = hashlib.sha256()
+  for p in parts:
+    if p is None:
+      h.update(b"-")
+    elif isinstance(p, (str, os.PathLike)):
+      h.update(Path(p).read_bytes())
+    else:
+      for k in sorted(p) if isinstance(p, Mapping) else range(len(p)):
+        v = p[k]
+        for a in (v if isinstance(v, list) else [v]):
+          h.update(str(k).encode() + np.ascontiguousarray(a, np.float32).tobytes())
+    h.update(b"|")
+  return h.hexdigest()
+
+
 def prepare_items(args: argparse.Namespace, gen: Any, task: tasks.Task, settings: Any, *,
                   init_dir: Path | None = None, init_file: Mapping | None = None,
-                  share: Sequence[int] | None = None) -> list:
+                  share: Sequence[int] | None = None, log=None) -> list:
   """Read and check every input (images, mask, clean targets, init latents) before any work;
   synthesise the observations. UserError (one line) on the first problem. ``share``: indices
   of the inputs to prepare (this process's share of a multi-process run; default all)."""
@@ -169,7 +210,7 @@ def prepare_items(args: argparse.Namespace, gen: Any, task: tasks.Task, settings
   from mgan_jax.pipeline import Item
   res = gen.resolution
   obs_side = task.observation_size(res)
-  paths = imageio.list_inputs(args.image)
+  paths = input_paths(args)
   names = imageio.output_names(paths)
   clean_paths = None
   if args.clean:
@@ -186,6 +227,9 @@ def prepare_items(args: argparse.Namespace, gen: Any, task: tasks.Task, settings
                       + (" (denoise takes a mask only with --observed)"
                          if task.has("denoise") else ""))
     mask, _ = imageio.read_mask(args.mask, size=obs_side, fit=args.fit)
+    mask, note = tasks.check_mask(mask, what=f"--mask {args.mask}")
+    if note and log is not None:
+      log(f"  --mask {args.mask}: {note}")
   elif task.needs_mask:
     raise UserError(f"--task {task.label} needs --mask (white = missing pixels, "
                     f"{obs_side}x{obs_side})")
@@ -223,8 +267,12 @@ def prepare_items(args: argparse.Namespace, gen: Any, task: tasks.Task, settings
       lat, _ = latents_io.load(f)
       init = check(lat, f"--init {f}")
       info["init"] = os.fspath(f)
+    for note in fit.conversions:
+      if "transparency" in note and log is not None:
+        log(f"  {path}: {note}")
+    digest = _digest(path, args.mask, clean_paths[i] if clean_paths else None, init)
     items.append(Item(name=name, path=Path(path), input=image, fit=fit, observation=obs,
-                      clean=clean, init=init, info=info))
+                      clean=clean, init=init, info=info, digest=digest))
   return items
 
 
@@ -240,15 +288,24 @@ def run(args: argparse.Namespace) -> int:
   t_start = time.perf_counter()
   log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr,
                                                                   flush=True))
+  cli.enable_compile_cache(args)
   process_index, process_count = sharding.initialize_distributed(
       args.coordinator, args.num_processes, args.process_id)
   gen, gen_params, model_label, model_name = cli.load_model(args)
   pre = tasks.parse_task(args.task)   # names only, for the defaults
+  for flag, value, needs in (("--factor", args.factor, "super-resolve"),
+                             ("--resample", args.resample, "super-resolve"),
+                             ("--noise", args.noise, "denoise"),
+                             ("--noise-fraction", args.noise_fraction, "denoise")):
+    if value is not None and not pre.has(needs):
+      raise UserError(f"{flag} is not used by --task {pre.label} (it applies to {needs})")
   defaults = defaults_lib.defaults_for(gen.family, model_name, pre.tasks)
   _output_options(args, pre, defaults)
   task = tasks.parse_task(args.task, factor=args.factor or defaults["factor"],
-                          resample=args.resample, noise=args.noise,
-                          noise_fraction=args.noise_fraction, observed=args.observed,
+                          resample=args.resample or "bilinear",
+                          noise=0.1 if args.noise is None else args.noise,
+                          noise_fraction=1.0 if args.noise_fraction is None
+                          else args.noise_fraction, observed=args.observed,
                           paste_known=args.paste_known, back_project=args.back_project,
                           resolution=gen.resolution)
   if args.paste_known and task.tasks != ("inpaint",):
@@ -256,18 +313,19 @@ def run(args: argparse.Namespace) -> int:
   init_dir, init_file = _init_source(args.init)
   settings = cli.resolve_settings(args, gen, defaults,
                                   init_meta=init_file["meta"] if init_file else None)
-  all_paths = imageio.list_inputs(args.image)
+  all_paths = input_paths(args, log=log)
   all_names = imageio.output_names(all_paths)
   share = sharding.process_share(range(len(all_paths)), process_index=process_index,
                                  process_count=process_count)
   items = prepare_items(args, gen, task, settings, init_dir=init_dir, init_file=init_file,
-                        share=share)
+                        share=share, log=log)
   if not runstate.has_state(args.out, process_index, process_count):   # else: open_run_state
     outputs.check_free(args.out, items, force=args.force)
   vgg = assets.vgg_params() if settings.loss.uses_vgg else None
   inverter = Inverter(gen, gen_params, vgg, settings, task,
                       batch_size=max(1, min(args.batch_size, len(items))),
-                      checkpoint_every=args.checkpoint_every)
+                      checkpoint_every=args.checkpoint_every,
+                      per_image="map" if args.exact_batches else "vmap")
   groups = resumable.batches(items, inverter.batch_size)
   log(f"{PROG}: {len(items)} image(s), task {task.label} "
       f"({'observed' if task.observed else 'synthesised'} degradation), model {model_label} "
@@ -284,6 +342,7 @@ def run(args: argparse.Namespace) -> int:
   run_info = {
       "model": model_label, "family": gen.family, "resolution": gen.resolution,
       **task.to_json(), "settings": settings.to_json(), "batch_size": inverter.batch_size,
+      "exact_batches": bool(args.exact_batches),
       "command": " ".join([PROG, *map(_quote, getattr(args, "argv", None) or sys.argv[1:])]),
   }
   latents_meta = {"method": settings.method, "codes": settings.codes, "layer": settings.layer,
@@ -301,15 +360,23 @@ def run(args: argparse.Namespace) -> int:
     written = resumable.run_items(items, inverter, out=args.out, state=state,
                                   progress=progress, run_info=run_info,
                                   latents_meta=latents_meta, lpips_params=_lpips_params(items))
-  summary = []
+  summary, failed = [], []
   for path in written:
     m = json.loads((path / "metrics.json").read_text())
+    if m.get("status") == "failed":
+      failed.append(path)
+      summary.append(f"  {path}  FAILED: {m.get('reason')}")
+      continue
     psnr = m["metrics"].get("psnr")
     summary.append(f"  {path}" + (f"  PSNR {psnr:.2f} dB  SSIM {m['metrics']['ssim']:.4f}"
                                    if psnr is not None else ""))
   log("\n".join(summary))
   log(f"done: {len(written)} image(s) in {time.perf_counter() - t_start:.1f} s "
       f"(compile {inverter.compile_seconds:.1f} s)")
+  if failed:
+    print(f"{PROG}: {len(failed)} of {len(written)} image(s) failed (see their metrics.json; "
+          "rerun with --force and other settings to recompute them)", file=sys.stderr)
+    return EXIT_FAILED_IMAGES
   return 0
 
 

@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="write the final latents, image and final loss here")
   p.add_argument("--force", action="store_true", help="replace existing --out / --trace files")
   p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+  cli.add_compile_cache_argument(p)
   return p
 
 
@@ -135,6 +136,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
   from mgan_jax import assets, fileio, latents_io, latents as latents_lib
   from mgan_jax.inversion import invert_image
 
+  cli.enable_compile_cache(args)
   gen, gen_params, _, model_name = cli.load_model(args)
   target = load_target(args.target, resolution=gen.resolution)
   init, init_meta = None, {}

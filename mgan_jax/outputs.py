@@ -6,10 +6,15 @@ Files (``write``, into a staging directory that the caller publishes in one rena
 * ``result.png`` -- the post-processed result (``tasks.postprocess``);
 * ``raw.png`` -- the generator output, only when post-processing changed it;
 * ``degraded.png`` -- the observation at its own size;
-* ``grid.png`` -- input | degraded | result [| clean when a separate clean target was given];
+* ``grid.png`` -- input | degraded | result [| clean when a separate clean target was given],
+  with the column names and, with a clean target, the PSNR / SSIM of the degraded observation
+  and of the result under them;
 * ``latents.npz`` -- the final latents (``latents_io``; reusable with ``--init``);
-* ``metrics.json`` -- PSNR / SSIM / LPIPS against the clean target when there is one, the
-  settings, timing, the per-chunk trace;
+* ``metrics.json`` -- ``status`` (``ok``, or ``failed`` with the ``reason``: the optimisation of
+  this image produced NaN or infinite values; the other images of its batch are unaffected and
+  only ``degraded.png`` and ``metrics.json`` are written for it), PSNR / SSIM / LPIPS against
+  the clean target when there is one, the settings, a content hash of the inputs, timing, the
+  per-chunk trace;
 * ``curves.png`` -- the loss per iteration and the PSNR per chunk (``write_curves``), only when
   matplotlib is installed (the ``plots`` extra); a plotting problem never fails a run.
 
@@ -100,30 +105,52 @@ def image_metrics(item: Item, result: ImageResult, *, lpips_params: Any = None) 
   return m
 
 
+def grid(item: Item, result: ImageResult, measured: Mapping[str, Any]) -> np.ndarray:
+  """The labelled grid.png: input | degraded | result [| clean], PSNR / SSIM under the
+  degraded observation and the result when there is a clean target (uint8)."""
+  side = result.image.shape[0]
+  deg_full = tasks.upsample_for_display(item.observation.image, side)
+  q = lambda p, s: f"{p:.2f} dB  {s:.3f}" if p is not None and np.isfinite(p) else ""
+  tiles = [(item.input, "input"), (deg_full, q(measured.get("degraded_psnr"),
+                                                measured.get("degraded_ssim"))),
+           (result.image, q(measured.get("psnr"), measured.get("ssim")))]
+  header = ["input", "degraded", "result"]
+  if item.info.get("clean_image"):
+    tiles.append((item.clean, ""))
+    header.append("clean")
+  tiles[0] = (tiles[0][0], "")
+  return imageio.labeled_grid([tiles], header=header, size=side, scale=max(1, 128 // side))
+
+
 def write(stage: Path, item: Item, result: ImageResult, *, run_info: Mapping[str, Any],
           latents_meta: Mapping[str, Any], lpips_params: Any = None) -> None:
   """Write one image's files into the (empty, private) directory ``stage``
   (``lpips_params``: as ``image_metrics``)."""
   stage = Path(stage)
-  side = result.image.shape[0]
-  res8 = imageio.to_uint8(result.image)
-  deg_full = tasks.upsample_for_display(item.observation.image, side)
-  m: dict[str, Any] = {"image": os.fspath(item.path), "name": item.name}
+  m: dict[str, Any] = {"image": os.fspath(item.path), "name": item.name,
+                       "status": "failed" if result.failed else "ok"}
+  if result.failed:
+    m["reason"] = result.failed
+  if item.digest:
+    m["inputs_sha256"] = item.digest
   m.update(item.info)
   m["fit"] = item.fit.to_json()
-  m["metrics"] = image_metrics(item, result, lpips_params=lpips_params)
+  m["metrics"] = ({} if result.failed
+                  else image_metrics(item, result, lpips_params=lpips_params))
   m["postprocess"] = result.postprocess
   m.update(run_info)
   m["time"] = {"batch_seconds": round(result.seconds, 3), **dict(run_info.get("time", {}))}
   m["trace"] = result.trace
+  if result.failed:      # nothing worth keeping but the observation and the reason
+    imageio.write_png(stage / "degraded.png", item.observation.image)
+    imageio.write_json(stage / "metrics.json", m)
+    return
+  res8 = imageio.to_uint8(result.image)
   imageio.write_png(stage / "result.png", res8)
   if not np.array_equal(imageio.to_uint8(result.raw), res8):
     imageio.write_png(stage / "raw.png", result.raw)
   imageio.write_png(stage / "degraded.png", item.observation.image)
-  cols = [item.input, deg_full, result.image]
-  if item.info.get("clean_image"):
-    cols.append(item.clean)
-  imageio.write_png(stage / "grid.png", imageio.grid(cols, size=side))
+  imageio.write_png(stage / "grid.png", grid(item, result, m["metrics"]))
   latents_io.save(stage / "latents.npz", result.latents, latents_meta)
   imageio.write_json(stage / "metrics.json", m)
   write_curves(stage / "curves.png", result, title=item.name)

@@ -85,7 +85,9 @@ class Item:
   name: output directory name (unique in the run); path: the input file; input: (h, w, 3) the
   image as read and fitted ([-1, 1]); fit: how it was fitted; observation: what the loss sees
   (``tasks.Observation``); clean: (R, R, 3) the clean target for metrics, or None; init: one
-  image's initial latents or None; info: extra JSON for metrics.json.
+  image's initial latents or None; info: extra JSON for metrics.json; digest: a content hash of
+  everything the result depends on besides the settings (image, mask, clean reference, init
+  latents), so that a changed input is recomputed on a rerun.
   """
   name: str
   path: Path
@@ -95,6 +97,7 @@ class Item:
   clean: np.ndarray | None = None
   init: dict | None = None
   info: dict = dataclasses.field(default_factory=dict)
+  digest: str = ""
 
 
 @dataclasses.dataclass
@@ -104,7 +107,8 @@ class ImageResult:
   description; trace: one row per chunk, {'iteration': steps done, 'loss': the loss at the
   chunk's last step (before its update), 'psnr': of the post-processed image after the chunk
   vs the clean target (when there is one), 'psnr_observed': D(image) vs the observation, in
-  its space (masked pixels count as equal)}; seconds: the batch's wall time."""
+  its space (masked pixels count as equal)}; seconds: the batch's wall time; failed: why the
+  image's optimisation failed (NaN or infinite losses, latents or image), else None."""
   latents: dict
   losses: np.ndarray
   raw: np.ndarray
@@ -112,6 +116,20 @@ class ImageResult:
   postprocess: str
   trace: list
   seconds: float
+  failed: str | None = None
+
+
+def _failure(losses: np.ndarray, latents: Any, image: np.ndarray) -> str | None:
+  """Why one image's optimisation failed (non-finite values), or None."""
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if bad.size:
+    return (f"the loss became {losses[bad[0]]} at iteration {int(bad[0])} (diverged: try a "
+            "smaller --lr)")
+  if not all(np.all(np.isfinite(x)) for x in jax.tree.leaves(latents)):
+    return "the latents became NaN or infinite (diverged: try a smaller --lr)"
+  if not np.all(np.isfinite(image)):
+    return "the generated image holds NaN or infinite values"
+  return None
 
 
 def _stack(trees: Sequence[Any]) -> Any:
@@ -133,13 +151,15 @@ class Inverter:
     mesh: the devices a batch is split over (default: all of this process's devices).
     checkpoint_every: K > 0 hands the batch's state to ``on_checkpoint`` every K iterations.
     objective, render: a custom loss and render function (see the module docstring).
+    per_image: ``'vmap'`` (default) or ``'map'``: every image bit-identical to its single-image
+      run whatever the batch size (``engine.Engine``).
   """
 
   def __init__(self, gen: Generator, gen_params: Mapping, vgg_params: Mapping | None,
                settings: Settings, task: tasks.Task, *, batch_size: int,
                mesh: Mesh | None = None, checkpoint_every: int = 0,
                objective: Callable[..., jax.Array] | None = None,
-               render: Callable[..., jax.Array] | None = None):
+               render: Callable[..., jax.Array] | None = None, per_image: str = "vmap"):
     if checkpoint_every < 0:
       raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
     self.gen = gen
@@ -152,7 +172,7 @@ class Inverter:
     self.engine = engine_lib.Engine(
         self.objective, optimizer=settings.optimizer, arg_axes=(0, None, None),
         iterations=settings.iterations, chunk=settings.chunk, checkpoint_every=checkpoint_every,
-        render_fn=render, mesh=mesh, batch_size=batch_size)
+        render_fn=render, mesh=mesh, batch_size=batch_size, per_image=per_image)
     self.mesh = self.engine.mesh
     self.batch_size = self.engine.batch_size
     self.checkpoint_every = self.engine.checkpoint_every
@@ -247,14 +267,19 @@ class Inverter:
     out = []
     for i, it in enumerate(items):
       raw = res.images[i]
-      image, how = tasks.postprocess(self.task, raw, it.observation)
-      out.append(ImageResult(_index(res.latents, i), res.losses[i].astype(np.float32), raw,
-                             image, how, traces[i], res.seconds))
+      lat = _index(res.latents, i)
+      failed = _failure(res.losses[i], lat, raw)
+      image, how = (raw, "none (failed)") if failed else \
+          tasks.postprocess(self.task, raw, it.observation)
+      out.append(ImageResult(lat, res.losses[i].astype(np.float32), raw, image, how, traces[i],
+                             res.seconds, failed))
     return out
 
   def _trace_row(self, item: Item, target: objective_lib.Target, raw: np.ndarray, done: int,
                  loss: float) -> dict:
     row = {"iteration": done, "loss": loss}
+    if not np.all(np.isfinite(raw)):
+      return row
     seen = np.asarray(target.operator(jnp.asarray(raw)[None]))[0]
     row["psnr_observed"] = metrics.psnr_numpy(seen, np.asarray(target.image)[0])
     if item.clean is not None:

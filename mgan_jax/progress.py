@@ -62,9 +62,10 @@ class Progress:
     self._steps_done += done - last_done
     self._seconds += now - last_t
     self._batch_last = (done, now)
-    loss = float(np.mean([r["loss"] for r in rows]))
-    key = "psnr" if all("psnr" in r for r in rows) else "psnr_observed"
-    psnr = float(np.mean([r[key] for r in rows]))
+    ok = [r for r in rows if "psnr_observed" in r] or list(rows)  # failed images: no PSNR
+    loss = float(np.mean([r["loss"] for r in ok]))
+    key = "psnr" if all("psnr" in r for r in ok) else "psnr_observed"
+    psnr = float(np.mean([r.get(key, np.nan) for r in ok]))
     label = "PSNR" if key == "psnr" else "PSNR(obs)"
     left = (self.iterations - done) + self._remaining_batches * self.iterations
     eta = ""

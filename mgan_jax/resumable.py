@@ -96,6 +96,12 @@ def run_items(items: Sequence[Item], inverter: Inverter, *, out: str | os.PathLi
   progress = progress or Progress(batches=len(groups), iterations=inverter.settings.iterations,
                                   enabled=False)
   outs = {it.name: outputs.output_dir(out, it) for it in items}
+  if state is not None:
+    changed = state.changed({it.name: it.digest for it in items})
+    if changed:
+      progress.message(f"input changed since its result was written, recomputing: "
+                       f"{', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}")
+      _remove_outputs(out, [it for it in items if it.name in changed])
   finished = state.reconcile(outs) if state is not None else set()
   todo = [j for j, g in enumerate(groups) if not all(it.name in finished for it in g)]
   if finished:
@@ -148,7 +154,7 @@ def run_items(items: Sequence[Item], inverter: Inverter, *, out: str | os.PathLi
         outputs.write(stage, it, res, run_info={**info, "time": time_info},
                       latents_meta=latents_meta or {}, lpips_params=lpips_params)
       if state is not None:
-        state.mark_finished(it.name, final)
+        state.mark_finished(it.name, final, digest=it.digest)
       written.append(final)
       if on_written is not None:
         on_written(it, final, res)

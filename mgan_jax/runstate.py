@@ -218,8 +218,8 @@ class RunState:
     self.close()
 
   # ----- finished journal -----------------------------------------------------------------
-  def _read_log(self) -> dict[str, str]:
-    done: dict[str, str] = {}
+  def _read_log(self) -> dict[str, dict]:
+    done: dict[str, dict] = {}
     if not os.path.exists(self.log_path):
       return done
     with open(self.log_path, "rb") as f:
@@ -232,13 +232,17 @@ class RunState:
         continue
       try:
         rec = json.loads(line)
-        done[str(rec["item"])] = str(rec.get("output", ""))
+        done[str(rec["item"])] = {"output": str(rec.get("output", "")),
+                                  "inputs": str(rec.get("inputs", ""))}
       except (ValueError, KeyError, TypeError):
         continue  # unreadable line: ignored, the file system decides (invariant 1)
     return done
 
-  def _append_log(self, item: str, output: str) -> None:
-    line = json.dumps({"item": item, "output": output}, sort_keys=True).encode() + b"\n"
+  def _append_log(self, item: str, output: str, digest: str) -> None:
+    rec = {"item": item, "output": output}
+    if digest:
+      rec["inputs"] = digest
+    line = json.dumps(rec, sort_keys=True).encode() + b"\n"
     fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
       if os.fstat(fd).st_size:
@@ -261,14 +265,21 @@ class RunState:
     count: nothing was moved into place there)."""
     return fileio.is_occupied(output)
 
-  def mark_finished(self, item: str, output: str | os.PathLike) -> None:
-    """Journal ``item`` as finished (call after its output was moved into place)."""
+  def mark_finished(self, item: str, output: str | os.PathLike, *, digest: str = "") -> None:
+    """Journal ``item`` as finished (call after its output was moved into place); ``digest``:
+    the content hash of its inputs (``changed``)."""
     item = str(item)
-    if item in self._finished:
+    if item in self._finished and self._finished[item]["inputs"] == digest:
       return
     rel = os.path.relpath(os.path.abspath(os.fspath(output)), self.out_dir)
-    self._append_log(item, rel)
-    self._finished[item] = rel
+    self._append_log(item, rel, digest)
+    self._finished[item] = {"output": rel, "inputs": digest}
+
+  def changed(self, digests: Mapping[str, str]) -> list[str]:
+    """Journaled items whose inputs' content hash differs from ``digests[item]`` (the input
+    file, mask, clean reference or init latents changed since the result was written)."""
+    return [str(k) for k, d in digests.items() if d and str(k) in self._finished
+            and self._finished[str(k)]["inputs"] not in ("", d)]
 
   def reconcile(self, outputs: Mapping[str, str | os.PathLike]) -> set[str]:
     """Bring the journal in line with the file system for ``{item: final output path}``;

@@ -263,6 +263,27 @@ def observe(task: Task, image: np.ndarray, *, mask: np.ndarray | None = None) ->
   return Observation(y, mask)
 
 
+def check_mask(mask: np.ndarray, *, what: str = "--mask") -> tuple[np.ndarray, str]:
+  """The rule for masks (1 / white = missing): a pixel is a hole when its gray value is at
+  least 50 %; a mask with intermediate values (a soft or anti-aliased mask, JPEG noise) is
+  binarized by that rule and a note says so. A mask with no hole, or with nothing but holes,
+  is refused (UserError naming ``what``): there would be nothing to restore, or nothing known
+  to restore from. Returns (binary mask (H, W, 1) float32, note or '')."""
+  m = np.asarray(mask, np.float32)
+  binary = (m >= 0.5).astype(np.float32)
+  holes = int(binary.sum())
+  if holes == 0:
+    raise UserError(f"{what}: marks no missing pixel (no pixel is 50% gray or brighter); "
+                    "white = missing")
+  if holes == binary.size:
+    raise UserError(f"{what}: marks every pixel missing (all white); nothing is known to "
+                    "restore from")
+  soft = int(np.count_nonzero((m > 0.02) & (m < 0.98)))
+  note = (f"soft mask binarized at 50% gray ({soft} intermediate pixel(s)); "
+          f"{100 * holes / binary.size:.1f}% missing" if soft else "")
+  return binary, note
+
+
 def _check_mask(task: Task, mask: np.ndarray | None, side: int) -> None:
   if mask is None:
     raise UserError(f"--task {task.label} needs --mask (white = missing pixels)")
@@ -314,5 +335,5 @@ def postprocess(task: Task, result: np.ndarray, observation: Observation
   return result, "raw generator output"
 
 
-__all__ = ["TASKS", "BACK_PROJECT_TASKS", "Task", "Observation", "parse_task", "degrade", "observe", "operator",
-           "postprocess", "upsample_for_display", "image_key"]
+__all__ = ["TASKS", "BACK_PROJECT_TASKS", "Task", "Observation", "parse_task", "check_mask",
+           "degrade", "observe", "operator", "postprocess", "upsample_for_display", "image_key"]

@@ -80,16 +80,6 @@ ISSUE_WORK_GFLOP = 309.0   # the issue's figure for PGGAN-256, N=20, layer 6, VG
 ISSUE_SETTING = {"resolution": 256, "codes": 20, "layer": 6, "vgg_size": 256}
 
 
-def trim_heap() -> bool:
-  """Return freed heap pages to the OS (glibc ``malloc_trim``); False where unavailable."""
-  try:
-    import ctypes
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    return True
-  except (OSError, AttributeError):
-    return False
-
-
 def _flops(compiled) -> float | None:
   try:
     ca = compiled.cost_analysis()
@@ -157,7 +147,7 @@ def main(argv=None) -> int:
   a = (target, gp, vgg)
 
   jax.block_until_ready(target)
-  trim = (lambda: None) if args.no_trim else trim_heap
+  trim = (lambda: None) if args.no_trim else engine.trim_heap
   trim()
   rss_setup = _rss_mb()
   # Compile the timed chunk (same static args as the measured call).
@@ -198,6 +188,11 @@ def main(argv=None) -> int:
   peak_after = matmul_peak()
   peak = max(peak_before, peak_after)
   rss_mb = rss_run   # the inversion's peak; the cost-analysis compile above is not part of it
+  try:
+    stats = jax.devices()[0].memory_stats() or {}
+  except Exception:  # noqa: BLE001 - backends without memory statistics
+    stats = {}
+  device_peak = stats.get("peak_bytes_in_use")
   effective = work / sec if work else None
   ran = executed / sec if executed else None
   out = {
@@ -206,6 +201,7 @@ def main(argv=None) -> int:
       "cpu_sec_per_iter_per_core": round(cpu_sec / (os.cpu_count() or 1), 4),
       "compile_s": round(compile_s, 2),
       "peak_rss_mb": round(rss_mb, 1),
+      "device_peak_mb": round(device_peak / 2**20, 1) if device_peak else None,
       "peak_rss_mb_after_setup_compile_run": [round(rss_setup, 1), round(rss_compiled, 1),
                                               round(rss_run, 1)],
       "work_gflop_per_iter": round(work, 2) if work else None,

@@ -49,8 +49,8 @@ Differences from the official run: the weights are random and the machine is a C
 
 Install (torch is NOT a dependency of mgan_jax; this is a benchmark-only script)::
 
-    python3 -m venv /tmp/tv && /tmp/tv/bin/pip install torch==2.13.0 numpy
-    /tmp/tv/bin/python scripts/bench_official_torch.py [--iterations 5] [--codes 20] [--layer 6]
+    python3 -m venv torch-venv && torch-venv/bin/pip install torch==2.13.0 numpy
+    torch-venv/bin/python scripts/bench_official_torch.py [--iterations 5] [--codes 20] [--layer 6]
 
 (torch 2.13.0 is a CPU wheel on disk on these machines.)
 
@@ -245,7 +245,7 @@ def main(argv=None) -> int:
     import torch
   except ImportError:
     print("error: torch is not installed (benchmark-only; not a mgan_jax dependency): "
-          "python3 -m venv /tmp/tv && /tmp/tv/bin/pip install torch==2.13.0 numpy",
+          "python3 -m venv torch-venv && torch-venv/bin/pip install torch==2.13.0 numpy",
           file=sys.stderr)
     return 2
 

@@ -11,7 +11,7 @@ Parts (see ``examples/README.md`` for provenance and licences):
   (float32 (4, 100)). Needs mgan_jax (fetches the asset on first use).
 * ``photos``: public-domain / CC0 photos bundled with scikit-image, cropped to the face and
   resized to 64x64 (PIL Lanczos). Needs ``scikit-image``, which is *not* a project dependency:
-  use a scratch venv (``python -m venv /tmp/sk && /tmp/sk/bin/pip install scikit-image``).
+  use a scratch venv (``python -m venv sk-venv && sk-venv/bin/pip install scikit-image``).
 * ``masks``: 64x64 8-bit masks, white (255) = hole, the official mGANprior convention.
   Deterministic (seeded numpy + PIL drawing).
 

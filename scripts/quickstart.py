@@ -5,8 +5,10 @@
     python3 scripts/quickstart.py test    # venv + install + the test suite
 
 Needs only python3 (3.10-3.12) and access to the package registry. The venv lives in .venv/ at
-the repository root and is reused on later runs. Extra arguments after ``demo`` / ``test`` are
-passed on (to the demo script or to pytest).
+the repository root and is reused on later runs. The install is pinned by ``constraints.txt``
+(the exact versions the test suite was run with), so a new release upstream cannot change what
+a fresh clone gets. Extra arguments after ``demo`` / ``test`` are passed on (to the demo script
+or to pytest).
 """
 
 from __future__ import annotations
@@ -28,9 +30,15 @@ def _run(cmd: list[str]) -> None:
   subprocess.run(cmd, check=True, cwd=ROOT)
 
 
+CONSTRAINTS = os.path.join(ROOT, "constraints.txt")
+
+
 def _pyproject_hash() -> str:
-  with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
+  h = hashlib.sha256()
+  for name in ("pyproject.toml", "constraints.txt"):
+    with open(os.path.join(ROOT, name), "rb") as f:
+      h.update(f.read())
+  return h.hexdigest()
 
 
 def ensure_venv() -> None:
@@ -43,7 +51,8 @@ def ensure_venv() -> None:
   want = _pyproject_hash()
   if os.path.exists(STAMP) and open(STAMP).read() == want:
     return
-  _run([PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", ".[test]"])
+  _run([PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-c", CONSTRAINTS,
+        "-e", ".[test]"])
   with open(STAMP, "w") as f:
     f.write(want)
 

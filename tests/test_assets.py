@@ -39,9 +39,11 @@ def _leftovers(cache: Path) -> list:
           for p in (cache / d).iterdir() if p.name.startswith(".tmp")]
 
 
-def test_download_is_verified_cached_and_reused(tmp_path, fake_registry, monkeypatch):
+def test_download_is_verified_cached_and_reused(tmp_path, fake_registry, monkeypatch, capsys):
   monkeypatch.setenv("MGAN_JAX_CACHE", str(tmp_path))
   path = assets.fetch_package(FAKE.name, FAKE.version)
+  # the first use says what it fetches, from where and how big (once)
+  assert f"downloading {FAKE.requirement}" in capsys.readouterr().err
   assert path == tmp_path / "downloads" / FAKE.filename
   assert path.read_bytes() == CONTENT
   args = fake_registry["calls"][0]
@@ -50,6 +52,7 @@ def test_download_is_verified_cached_and_reused(tmp_path, fake_registry, monkeyp
   assert not req.exists()   # the temporary directory is gone
   assert assets.fetch_package(FAKE.name, FAKE.version) == path
   assert len(fake_registry["calls"]) == 1   # second call: no download
+  assert "downloading" not in capsys.readouterr().err
   assert _leftovers(tmp_path) == []
 
 

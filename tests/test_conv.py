@@ -119,3 +119,51 @@ def test_no_kernel_gradient_work_when_only_the_input_is_differentiated(alg, algo
   count = lambda argnums: sum(jax.jit(jax.grad(loss, argnums=argnums)).lower(x, w).compile()
                               .as_text().count(op) for op in (" convolution(", " dot("))
   assert count(0) < count((0, 1))
+
+
+# ----- every generator family convolves through this module ---------------------------------
+
+def _conv_eqns(jaxpr) -> list:
+  """Every conv_general_dilated equation, also inside sub-jaxprs (custom_vjp, pjit)."""
+  out = []
+  for e in jaxpr.eqns:
+    if e.primitive.name == "conv_general_dilated":
+      out.append(e)
+    for v in e.params.values():
+      for sub in (v if isinstance(v, (list, tuple)) else [v]):
+        inner = getattr(sub, "jaxpr", None)
+        if inner is not None:
+          out.extend(_conv_eqns(getattr(inner, "jaxpr", inner)))
+  return out
+
+
+SMALL_SPECS = {
+    "pggan": dict(resolution=16, latent_dim=8, channels=(8, 6, 4)),
+    "stylegan": dict(resolution=16, latent_dim=8, w_dim=8, mapping_layers=2, mapping_fmaps=8,
+                     channels=(8, 6, 4)),
+    "stylegan2": dict(resolution=16, latent_dim=8, w_dim=8, mapping_layers=2, mapping_fmaps=8,
+                      channels=(8, 6, 4)),
+    "dcgan": dict(z_dim=8, channels=(8, 6)),
+}
+
+
+@pytest.mark.parametrize("family", sorted(SMALL_SPECS))
+def test_generators_convolve_through_this_module(family, algorithm):
+  """No zero-inserted or grouped convolution in any family's forward or latent gradient (the
+  transposed and FIR convolutions are zero-free phase convolutions and shifted adds), and with
+  Winograd forced no 3x3 convolution is left: every 3x3 conv, the StyleGAN2 modulated ones
+  included (x * s -> conv with the shared kernel -> * d), goes through ``conv2d`` /
+  ``upsample_conv2d``. (Traced only: shapes, no compilation.)"""
+  from mgan_jax.generators import family_class
+  spec = family_class(family)(**SMALL_SPECS[family])
+  params = jax.eval_shape(spec.init_params, jax.random.key(0))
+  x = jnp.ones((2, *spec.synthesis_input_shape()))
+  loss = lambda params, x: jnp.sum(jnp.sin(spec.synthesize(params, x)))
+  eqns = (_conv_eqns(jax.make_jaxpr(loss)(params, x).jaxpr)
+          + _conv_eqns(jax.make_jaxpr(jax.grad(loss, argnums=1))(params, x).jaxpr))
+  assert eqns and all(tuple(e.params["lhs_dilation"]) == (1, 1)
+                      and e.params["feature_group_count"] == 1 for e in eqns)
+  assert any(e.invars[1].aval.shape[:2] == (3, 3) for e in eqns) == (family != "dcgan")
+  algorithm("winograd")
+  convs = _conv_eqns(jax.make_jaxpr(loss)(params, x).jaxpr)
+  assert not any(e.invars[1].aval.shape[:2] == (3, 3) for e in convs)

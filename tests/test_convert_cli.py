@@ -123,6 +123,8 @@ def test_torch_file_success_records_source_and_refuses_overwrite(tmp_path, capsy
   assert "note: 1 source key(s) not used: lod" in out
   assert fake["sd"]["layer0.conv.weight"].shape == (64, 512, 4, 4)
   meta = json.loads((out_dir / "model.json").read_text())
+  from mgan_jax import fileio
+  assert out_dir.stat().st_mode & 0o777 == 0o777 & ~fileio.umask()   # the umask, not 0700
   assert meta["family"] == "fake"
   assert meta["source"] == {"file": src.name, "format": "torch-legacy", "family": "fake",
                             "sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
@@ -146,8 +148,8 @@ def test_tf_pickle_gives_gs_to_the_converter(tmp_path, capsys, fake):
 
 def _wheel_bytes() -> bytes:
   tensors = {"layer0.conv.weight": ("0", "FloatStorage", 12, 0, (3, 4), (4, 1))}
-  inner = B.torch_zip_bytes(B.torch_main_pickle(tensors, legacy=False, wrapper="netG_state_dict"),
-                            {"0": B.F32.tobytes()}, top="weights")
+  inner = B.torch_zip(B.torch_main_pickle(tensors, legacy=False, wrapper="netG_state_dict"),
+                      {"0": B.F32.tobytes()}, top="weights")
   buf = io.BytesIO()
   with zipfile.ZipFile(buf, "w") as zf:
     zf.writestr("gan_face_generate/models.py", "print('never run')\n")

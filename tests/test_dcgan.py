@@ -1,6 +1,7 @@
 """DCGAN family: real-weight parity, split round trips, the zero-free transposed conv, converter."""
 
 import importlib.util
+import re
 from pathlib import Path
 
 import jax
@@ -13,6 +14,7 @@ from mgan_jax import assets
 from mgan_jax.checkpoint import load_model
 from mgan_jax.errors import UserError
 from mgan_jax.generators import family_class
+from mgan_jax.generators import dcgan as dcgan_module
 from mgan_jax.generators.dcgan import DCGAN, conv_transpose_subpixel
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -177,3 +179,12 @@ def test_converter_errors_name_the_key(small_params):
     with pytest.raises(UserError, match=message.replace(".", r"\.")):
       CONVERTER.from_state_dict(bad)
   assert not CONVERTER.matches_state_dict({"layer0.conv.weight": np.zeros((4, 4, 4, 4))})
+
+
+def test_documented_split_table():
+  """The module docstring's table k -> feature_shape(k) (H, W, C) is what the spec computes."""
+  rows = re.findall(r"^ +(\d+) +\((\d+), (\d+), (\d+)\) +\S+$", dcgan_module.__doc__, re.M)
+  table = {int(k): (int(h), int(w), int(c)) for k, h, w, c in rows}
+  spec = DCGAN()
+  assert list(table) == list(spec.split_layers())
+  assert table == {k: spec.feature_shape(k) for k in spec.split_layers()}

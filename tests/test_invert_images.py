@@ -49,7 +49,9 @@ def test_inpaint_outputs_reload_and_init_reproduces(tmp_path):
               if p.name.startswith(".") and p.name != ".mgan_jax_run"]
   result, degraded, grid = _png(d / "result.png"), _png(d / "degraded.png"), _png(d / "grid.png")
   assert result.shape == (64, 64, 3) and degraded.shape == (64, 64, 3)
-  assert grid.shape[0] == 68 and grid.shape[1] == 3 * 64 + 4 * 2      # input|degraded|result
+  # input | degraded | result, each 2x upscaled, labelled: column names above, PSNR/SSIM below
+  assert grid.shape[1] == 4 + 3 * (128 + 4) and grid.shape[0] > 128 + 20
+  assert (grid[:14] < 128).any() and (grid[-17:-4] < 128).any()        # text above and below
   hole = _png(MASK) > 127
   assert np.all(np.abs(degraded[hole].astype(int) - 128) <= 1)        # holes are mid-gray
   m = _metrics(d)
@@ -138,6 +140,12 @@ def test_super_resolve_colorize_observed_and_denoise(tmp_path):
     (["--image", str(SAMPLE), "--method", "q"], "--method: unknown method 'q'"),
     (["--image", str(SAMPLE), "--task", "colorize", "--paste-known"],
      "--paste-known applies to --task inpaint alone"),
+    (["--image", str(SAMPLE), "--factor", "2"],
+     "--factor is not used by --task reconstruct (it applies to super-resolve)"),
+    (["--image", str(SAMPLE), "--task", "inpaint", "--mask", str(MASK), "--noise", "0.2"],
+     "--noise is not used by --task inpaint (it applies to denoise)"),
+    (["--image", str(SAMPLE), "--task", "inpaint", "--mask", "{white_mask}"],
+     "marks every pixel missing"),
     (["--image", str(SAMPLE), "--method", "z", "--codes", "3"], "--codes applies to multi-code"),
     (["--image", "{big_image}"], "pass --fit resize or --fit center-crop"),
     (["--image", str(SAMPLE), "--task", "inpaint"], "needs --mask"),
@@ -145,9 +153,11 @@ def test_super_resolve_colorize_observed_and_denoise(tmp_path):
 def test_bad_input_one_line_nothing_written(tmp_path, capsys, argv, expected):
   small = tmp_path / "small_mask.png"
   Image.fromarray(np.zeros((32, 32), np.uint8)).save(small)
+  white = tmp_path / "white_mask.png"
+  Image.fromarray(np.full((64, 64), 255, np.uint8)).save(white)
   big = tmp_path / "big.png"
   Image.fromarray(np.zeros((80, 96, 3), np.uint8)).save(big)
-  argv = [a.format(small_mask=small, big_image=big) for a in argv]
+  argv = [a.format(small_mask=small, big_image=big, white_mask=white) for a in argv]
   out = tmp_path / "out"
   rc = invert_images.main([*argv, "--out", str(out), "--quiet"])
   assert rc != 0
@@ -188,3 +198,43 @@ def test_paste_known_single_and_batch(tmp_path):
   a = _png(single / SAMPLE2.stem / "result.png").astype(int)
   b = _png(out / SAMPLE2.stem / "result.png").astype(int)
   assert np.abs(a - b).max() <= 1
+
+
+def test_help_shows_the_defaults_of_the_model_and_task(capsys):
+  for argv, iterations in ((["--help"], 300), (["--task", "inpaint", "--help"], 200)):
+    with pytest.raises(SystemExit) as e:
+      invert_images.main(argv)
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"optimisation steps (default {iterations})" in text
+    assert "(default adam)" in text and "(default 0.1)" in text and "(default 20)" in text
+    assert "(default own)" in text          # the default prior's perceptual size
+
+
+def test_rerun_recomputes_changed_inputs_and_force_recomputes(tmp_path, capsys):
+  import shutil
+  face = tmp_path / "in" / "face.png"
+  face.parent.mkdir()
+  shutil.copy(SAMPLE, face)
+  out = tmp_path / "out"
+  argv = ["--image", str(face), "--out", str(out), "--codes", "4", "--iterations", "8",
+          "--chunk", "4"]
+  metrics_json = out / "face" / "metrics.json"
+  assert invert_images.main(argv) == 0
+  first = _metrics(out / "face")
+  stamp = metrics_json.stat().st_mtime_ns
+  capsys.readouterr()
+  assert invert_images.main(argv) == 0                       # same input: kept as it is
+  assert "1 of 1 image(s) already finished" in capsys.readouterr().err
+  assert metrics_json.stat().st_mtime_ns == stamp
+  shutil.copy(SAMPLE2, face)                                 # the user replaced the picture
+  assert invert_images.main(argv) == 0
+  assert "input changed since its result was written, recomputing: face" in \
+      capsys.readouterr().err
+  second = _metrics(out / "face")
+  assert second["inputs_sha256"] != first["inputs_sha256"]
+  assert second["metrics"]["psnr"] != first["metrics"]["psnr"]
+  stamp = metrics_json.stat().st_mtime_ns
+  assert invert_images.main([*argv, "--force"]) == 0         # --force always recomputes
+  assert metrics_json.stat().st_mtime_ns != stamp
+  assert _metrics(out / "face")["inputs_sha256"] == second["inputs_sha256"]

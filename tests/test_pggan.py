@@ -1,13 +1,14 @@
 """PGGAN: the Flax generator and its converter against the official PyTorch outputs.
 
 Golden values: tests/fixtures/pggan64_ref.npz (official genforce forward, see
-/work/shared/fixtures/README.md); the same weights in three official formats are converted with
+tests/fixtures/README.md); the same weights in three official formats are converted with
 ``python -m convert`` (its ``main``) and must reproduce them within 1e-4.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ from convert.pggan import CONVERTER, from_state_dict, from_tf
 from mgan_jax.checkpoint import expected_params, flatten
 from mgan_jax.errors import UserError
 from mgan_jax.generators import family_class, spec_from_json
+from mgan_jax.generators import pggan as pggan_module
 from mgan_jax.generators.pggan import PGGAN, official_channels, param_names
 from parity_helpers import FIXTURES, assert_same_params, convert_formats, load_ref, nhwc
 
@@ -227,3 +229,12 @@ def test_tf_static_kwargs_checked(gs):
                   build_func_name="G_paper", variables=gs.variables)
   with pytest.raises(UserError, match="use_wscale"):
     from_tf(bad)
+
+
+def test_documented_split_table():
+  """The module docstring's table k -> feature_shape(k) (H, W, C) is what the spec computes."""
+  rows = re.findall(r"^ +(\d+) +\((\d+), (\d+), (\d+)\) +\S+$", pggan_module.__doc__, re.M)
+  table = {int(k): (int(h), int(w), int(c)) for k, h, w, c in rows}
+  spec = PGGAN(resolution=256)
+  assert list(table) == list(spec.split_layers())
+  assert table == {k: spec.feature_shape(k) for k in spec.split_layers()}

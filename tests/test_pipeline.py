@@ -39,7 +39,9 @@ def test_batch_of_three_with_batch_size_two_equals_single_runs(tmp_path, monkeyp
     b = latents_io.load(tmp_path / "batch" / f.stem / "latents.npz")[0]
     s = latents_io.load(tmp_path / "single" / f.stem / "latents.npz")[0]
     for k in s:
-      np.testing.assert_allclose(b[k], s[k], atol=2e-4, rtol=1e-4)
+      # float32 rounding differs between batch sizes and between CPUs (AVX2 / AVX-512) and the
+      # optimiser amplifies it: 8 Adam steps move the latents by up to ~5e-4 (docs/batch.md)
+      np.testing.assert_allclose(b[k], s[k], atol=2e-3, rtol=1e-3)
     mb = json.loads((tmp_path / "batch" / f.stem / "metrics.json").read_text())
     ms = json.loads((tmp_path / "single" / f.stem / "metrics.json").read_text())
     assert mb["batch_size"] == 2 and ms["batch_size"] == 1
@@ -47,6 +49,25 @@ def test_batch_of_three_with_batch_size_two_equals_single_runs(tmp_path, monkeyp
     db = np.asarray(Image.open(tmp_path / "batch" / f.stem / "result.png"), int)
     ds = np.asarray(Image.open(tmp_path / "single" / f.stem / "result.png"), int)
     assert np.abs(db - ds).max() <= 1
+
+
+def test_exact_batches_are_bit_identical_to_single_runs(tmp_path):
+  """--exact-batches: a batch of three with batch size two gives every image exactly (bit for
+  bit) what its single-image run gives, unlike vmapped batches (equal up to rounding)."""
+  common = ["--exact-batches", *TINY]
+  assert invert_images.main(["--image", *map(str, FACES), "--batch-size", "2", "--out",
+                             str(tmp_path / "batch"), *common]) == 0
+  for f in FACES[:2]:
+    assert invert_images.main(["--image", str(f), "--out", str(tmp_path / "single"),
+                               *common]) == 0
+    b = latents_io.load(tmp_path / "batch" / f.stem / "latents.npz")[0]
+    s = latents_io.load(tmp_path / "single" / f.stem / "latents.npz")[0]
+    for k in s:
+      np.testing.assert_array_equal(b[k], s[k])
+    assert (tmp_path / "batch" / f.stem / "result.png").read_bytes() == \
+        (tmp_path / "single" / f.stem / "result.png").read_bytes()
+    assert json.loads((tmp_path / "batch" / f.stem / "metrics.json").read_text())[
+        "exact_batches"] is True
 
 
 def test_chunk_plan_and_default_chunk():
@@ -204,3 +225,31 @@ def test_metrics_match_the_formula():
   # [-1, 1] floats measure the same as their 8-bit images
   assert metrics.psnr(imageio.from_uint8(a), imageio.from_uint8(b)) == pytest.approx(q["psnr"],
                                                                                       abs=1e-3)
+
+
+def test_a_diverging_image_is_marked_failed_and_the_rest_of_its_batch_finishes(tmp_path):
+  """NaN in one image of a batch: that image's metrics.json says failed and why; the other
+  image equals its single-image run; the run says so with exit status 3 at the CLI level."""
+  import sys
+  sys.path.insert(0, str(Path(__file__).parent))
+  from batch_helpers import tiny_inverter, tiny_items
+  from mgan_jax import resumable
+  items = tiny_items(2)
+  items[1].observation.image[0, 0, 0] = np.nan          # the target of image 1 is broken
+  out = tmp_path / "out"
+  state = resumable.open_run_state(out, items, all_names=[i.name for i in items],
+                                   settings={"case": "nan"})
+  with state:
+    written = resumable.run_items(items, tiny_inverter(batch_size=2), out=out, state=state)
+  assert [p.name for p in written] == ["img0", "img1"]
+  bad = json.loads((out / "img1" / "metrics.json").read_text())
+  assert bad["status"] == "failed" and "the loss became nan at iteration 0" in bad["reason"]
+  assert sorted(p.name for p in (out / "img1").iterdir()) == ["degraded.png", "metrics.json"]
+  good = json.loads((out / "img0" / "metrics.json").read_text())
+  assert good["status"] == "ok" and np.isfinite(good["metrics"]["psnr"])
+  single = tmp_path / "single"
+  resumable.run_items(items[:1], tiny_inverter(batch_size=1), out=single)
+  a = latents_io.load(out / "img0" / "latents.npz")[0]
+  b = latents_io.load(single / "img0" / "latents.npz")[0]
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], atol=1e-5)

@@ -1,6 +1,6 @@
 """End to end: the user CLI (``python -m mgan_jax.invert --image ...``) killed with SIGKILL at a
-random moment after its first checkpoint, then rerun with the same command, writes exactly what
-an uninterrupted run writes.
+random moment after its first checkpoint, rerun with the same command and stopped with Ctrl-C,
+then rerun again, writes exactly what an uninterrupted run writes.
 
 Tiny random-weight PGGAN model directory (``checkpoint.save_model``), 5 images, batch 2 on 2
 forced CPU devices (so the tail batch is padded and the batch is sharded), checkpoints every 2
@@ -83,7 +83,21 @@ def test_cli_kill_and_rerun_gives_the_uninterrupted_outputs(tmp_path):
   victim.wait()
   assert victim.returncode == -signal.SIGKILL, f"finished before the kill ({k}, {delay:.2f} s)"
   before = sorted(p.name for p in (tmp_path / "run").iterdir() if not p.name.startswith("."))
-  err = _finish(_cli(model, images, tmp_path / "run"))   # the same command again
+  # the same command again, stopped with Ctrl-C once it wrote a new checkpoint: one line,
+  # exit status 130, nothing half-written
+  second = _cli(model, images, tmp_path / "run")
+  old = set(seen)
+  while not (ckpts.is_dir() and {p.name for p in ckpts.iterdir()
+                                 if p.name.startswith("ckpt-")} - old):
+    assert second.poll() is None, second.communicate()[1][-3000:]
+    assert time.time() - t0 < 300
+    time.sleep(0.005)
+  second.send_signal(signal.SIGINT)
+  _, err2 = second.communicate(timeout=300)
+  assert second.returncode == 130, err2[-3000:]
+  assert err2.strip().splitlines()[-1].startswith("interrupted; rerun the same command"), err2
+  assert "Traceback" not in err2
+  err = _finish(_cli(model, images, tmp_path / "run"))   # and once more: it finishes
   print(f"killed {delay:.2f} s after checkpoint {sorted(seen)[-1]} ({k} seen), "
         f"{len(before)} image(s) done")
   assert "resuming" in err, err[-2000:]

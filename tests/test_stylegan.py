@@ -1,12 +1,14 @@
 """StyleGAN v1: the Flax generator and its converters against the official PyTorch outputs.
 
 Golden values: tests/fixtures/stylegan128_ref.npz (official genforce ``StyleGANGeneratorNet``
-forward, see /work/shared/fixtures/README.md). The same weights in the genforce ``.pth`` and the
+forward, see tests/fixtures/README.md). The same weights in the genforce ``.pth`` and the
 NVIDIA TF pickle layouts are converted with ``python -m convert`` (its ``main``), loaded with
 ``load_model`` and must reproduce w, the truncated w+, and the images within 3e-4.
 """
 
 from __future__ import annotations
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +21,8 @@ from convert.stylegan2 import CONVERTER as CONVERTER2
 from mgan_jax.checkpoint import check_tree
 from mgan_jax.errors import UserError
 from mgan_jax.generators import spec_from_json
-from mgan_jax.generators.stylegan import StyleGAN
+from mgan_jax.generators import stylegan as stylegan_module
+from mgan_jax.generators.stylegan import BLUR_TAPS, StyleGAN, fir_filter
 from parity_helpers import (FIXTURES, assert_official_forward, assert_same_params,
                             convert_formats, load_ref, maxdiff, nhwc, noise_variants,
                             random_model_split_check, with_component)
@@ -180,3 +183,39 @@ def test_tf_errors():
   with pytest.raises(UserError, match="wrong shape for synthesis/noise4"):
     from_tf(with_synth_vars([(k, np.zeros((1, 1, 8, 8), np.float32) if k == "noise4" else v)
                              for k, v in synth.variables]))
+
+
+@pytest.mark.parametrize("taps,padding", [(BLUR_TAPS, (1, 1)), ((0.5, -1.0, 2.0, 0.25), (3, 0))])
+def test_fir_filter_matches_a_depthwise_conv_in_float64(taps, padding):
+  """The shifted-add FIR (the up-layers' blur) and its custom input gradient vs the depthwise
+  convolution with kernel outer(taps, taps); asymmetric taps and padding check the gradient's
+  reversal."""
+  k1, k2 = jax.random.split(jax.random.key(5))
+  x = jax.random.normal(k1, (2, 6, 5, 3))
+
+  def depthwise(x):
+    k = np.outer(taps, taps)[:, :, None, None] * np.ones((1, 1, 1, 3))
+    return jax.lax.conv_general_dilated(x, jnp.asarray(k, x.dtype), (1, 1), (padding, padding),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=3, precision="highest")
+
+  value_and_grad = lambda f: jax.jit(lambda x, cot: (f(x),) + jax.vjp(f, x)[1](cot))
+  with jax.enable_x64(True):
+    x64 = jnp.asarray(np.asarray(x, np.float64))
+    cot = np.asarray(jax.random.normal(k2, jax.eval_shape(depthwise, x64).shape), np.float64)
+    y64, g64 = value_and_grad(depthwise)(x64, jnp.asarray(cot))
+  y, g = value_and_grad(lambda x: fir_filter(x, taps, padding))(x, jnp.asarray(cot, jnp.float32))
+  assert y.shape == y64.shape
+  np.testing.assert_allclose(y, y64, atol=3e-6 * np.abs(y64).max())
+  np.testing.assert_allclose(g, g64, atol=3e-6 * np.abs(g64).max())
+  with pytest.raises(ValueError, match="padding"):
+    fir_filter(x, taps, (len(taps), 0))
+
+
+def test_documented_split_table():
+  """The module docstring's table k -> feature_shape(k) (H, W, C) is what the spec computes."""
+  rows = re.findall(r"^ +(\d+) +\((\d+), (\d+), (\d+)\) +\S+$", stylegan_module.__doc__, re.M)
+  table = {int(k): (int(h), int(w), int(c)) for k, h, w, c in rows}
+  spec = StyleGAN(resolution=256)
+  assert list(table) == list(spec.split_layers())
+  assert table == {k: spec.feature_shape(k) for k in spec.split_layers()}

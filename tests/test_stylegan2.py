@@ -1,7 +1,7 @@
 """StyleGAN2 (config-f, skip): the Flax generator and its converters against the official outputs.
 
 Golden values: tests/fixtures/stylegan2_64_ref.npz (official genforce ``StyleGAN2GeneratorNet``
-forward, see /work/shared/fixtures/README.md). The same weights in the genforce ``.pth`` and the
+forward, see tests/fixtures/README.md). The same weights in the genforce ``.pth`` and the
 NVIDIA TF pickle layouts are converted with ``python -m convert`` (its ``main``), loaded with
 ``load_model`` and must reproduce w, the truncated w+, and the images within 1e-4.
 """
@@ -9,6 +9,7 @@ NVIDIA TF pickle layouts are converted with ``python -m convert`` (its ``main``)
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,10 @@ from convert.stylegan2 import CONVERTER, from_state_dict, from_tf
 from mgan_jax.checkpoint import check_tree
 from mgan_jax.errors import UserError
 from mgan_jax.generators import spec_from_json
-from mgan_jax.generators.stylegan2 import StyleGAN2
+from mgan_jax.generators import stylegan2 as stylegan2_module
+from mgan_jax.generators.stylegan import fir_filter
+from mgan_jax.generators.stylegan2 import (FIR_TAPS, StyleGAN2, conv_transpose_up,
+                                           upsample_fir2x)
 from parity_helpers import (FIXTURES, assert_official_forward, assert_same_params,
                             convert_formats, load_ref, maxdiff, nhwc, noise_variants,
                             random_model_split_check, with_component)
@@ -195,3 +199,60 @@ def test_tf_errors():
   gs_lod.variables[-1] = ("lod", np.full((), 0.5, np.float32))
   with pytest.raises(UserError, match="lod = 0.5"):
     from_tf(gs_lod)
+
+
+# ----- the convolutions: routed through generators.conv, equal to the lax forms -------------
+
+def _lax(x, w, padding, *, dilation=1, groups=1):
+  return jax.lax.conv_general_dilated(x, w, (1, 1), padding, lhs_dilation=(dilation, dilation),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      feature_group_count=groups, precision="highest")
+
+
+def _depthwise(x, taps, padding, *, dilation=1):
+  k = np.outer(taps, taps)[:, :, None, None] * np.ones((1, 1, 1, x.shape[-1]))
+  return _lax(x, jnp.asarray(k, x.dtype), (padding, padding), dilation=dilation,
+              groups=x.shape[-1])
+
+
+# name: (ours, the previous lax form (zero-inserted / grouped convolutions), input, kernel)
+OPS = {
+    "up_layer": (lambda x, w: fir_filter(conv_transpose_up(x, w), FIR_TAPS, (1, 1)),
+                 lambda x, w: _depthwise(_lax(x, w, ((2, 2), (2, 2)), dilation=2), FIR_TAPS,
+                                         (1, 1)), (2, 5, 6, 3), (3, 3, 3, 4)),
+    "transposed_conv": (conv_transpose_up, lambda x, w: _lax(x, w, ((2, 2), (2, 2)), dilation=2),
+                        (2, 4, 3, 2), (3, 3, 2, 3)),
+    "skip_upsample": (lambda x, w: upsample_fir2x(x),
+                      lambda x, w: _depthwise(x, FIR_TAPS, (2, 2), dilation=2), (2, 5, 4, 3),
+                      (1, 1, 1, 1)),
+}
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_ops_match_the_lax_forms_in_float64(op):
+  """Values and input gradients of the zero-free forms vs the dilated / depthwise convs."""
+  ours, ref, xs, ws = OPS[op]
+  k1, k2, k3 = jax.random.split(jax.random.key(sorted(OPS).index(op)), 3)
+  x, w = jax.random.normal(k1, xs), jax.random.normal(k2, ws)
+  value_and_grad = lambda f: jax.jit(lambda x, w, cot: jax.vjp(lambda x: f(x, w), x)[1](cot)
+                                     + (f(x, w),))
+  with jax.enable_x64(True):
+    x64, w64 = jnp.asarray(np.asarray(x, np.float64)), jnp.asarray(np.asarray(w, np.float64))
+    shape = jax.eval_shape(ref, x64, w64).shape
+    cot = np.asarray(jax.random.normal(k3, shape), np.float64)
+    g64, y64 = value_and_grad(ref)(x64, w64, jnp.asarray(cot))
+  g, y = value_and_grad(ours)(x, w, jnp.asarray(cot, jnp.float32))
+  assert y.shape == y64.shape and y.dtype == jnp.float32
+  np.testing.assert_allclose(y, y64, atol=3e-6 * np.abs(y64).max())
+  np.testing.assert_allclose(g, g64, atol=3e-6 * np.abs(g64).max())
+  with pytest.raises(ValueError, match="3x3"):
+    conv_transpose_up(x, w[:1, :1])
+
+
+def test_documented_split_table():
+  """The module docstring's table k -> feature_shape(k) (H, W, C) is what the spec computes."""
+  rows = re.findall(r"^ +(\d+) +\((\d+), (\d+), (\d+)\) +\S+$", stylegan2_module.__doc__, re.M)
+  table = {int(k): (int(h), int(w), int(c)) for k, h, w, c in rows}
+  spec = StyleGAN2(resolution=256)
+  assert list(table) == list(spec.split_layers())
+  assert table == {k: spec.feature_shape(k) for k in spec.split_layers()}

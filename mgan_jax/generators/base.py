@@ -9,9 +9,13 @@ A generator is split in two objects, as everywhere in JAX:
 
 All images are NHWC float32, nominally in [-1, 1] (raw generator output, never clamped here).
 
-Splitting (mGANprior's ``--composing_layer``): ``layer`` = k means "after the k-th block" in the
-official convention of the family (for PGGAN, k=4 gives the 8x8 features, k=6 16x16, k=8 32x32).
-For every valid k::
+Split layers (mGANprior's ``--composing_layer``; the convention of every family):
+``layer = k`` means "the features after the k-th block"; ``head(params, x, k)`` runs blocks
+1..k and ``tail(params, f, k, ...)`` the rest. Valid k: ``split_layers()``; ``feature_shape(k)``
+is (H, W, C) of those features (C is the size of alpha). Each family's module docstring says
+what its blocks are, gives a table k -> ``feature_shape(k)`` for a representative config and
+how k relates to an official ``--composing_layer`` where one exists (PGGAN: k is exactly the
+official value). For every valid k::
 
     tail(params, head(params, x, k), k, latent=x) == synthesize(params, x)
 
@@ -41,7 +45,7 @@ class Generator(abc.ABC):
   """Abstract generator spec. Subclasses are frozen dataclasses registered by ``family``."""
 
   family: ClassVar[str] = ""
-  #: Latent spaces ``synthesize_from`` accepts, first is the default ("z" for all families).
+  #: Latent spaces ``generate`` accepts, first is the default ("z" for all families).
   latent_spaces: ClassVar[tuple[str, ...]] = ("z",)
 
   # ----- architecture facts -------------------------------------------------------------
@@ -58,7 +62,8 @@ class Generator(abc.ABC):
   @property
   @abc.abstractmethod
   def num_layers(self) -> int:
-    """Number of blocks; valid split layers are ``1 .. num_layers - 1`` unless documented."""
+    """Number of layers; valid split layers are ``1 .. num_layers - 1`` unless the family
+    overrides ``split_layers``."""
 
   def split_layers(self) -> tuple[int, ...]:
     """The layers at which ``head``/``tail`` may split."""
@@ -66,7 +71,7 @@ class Generator(abc.ABC):
 
   @abc.abstractmethod
   def feature_shape(self, layer: int) -> tuple[int, int, int]:
-    """(H, W, C) of the main feature map after ``layer`` blocks; C is alpha's size."""
+    """(H, W, C) of the main feature map after the ``layer``-th block; C is alpha's size."""
 
   def synthesis_input_shape(self) -> tuple[int, ...]:
     """Shape of one synthesis input (without batch): (Z,) for z-input families."""

@@ -18,8 +18,19 @@ lhs_dilation=(s, s))``; this module never builds the dilated input (75% zeros fo
 uses the sub-pixel (phase) decomposition ``conv_transpose_subpixel``, and block 0 (1x1 -> 4x4)
 is a dense product.
 
-Splitting: ``layer`` k in ``1 .. L`` means "after the k-th BN-ReLU block" (as PGGAN's "after the
-k-th block"): k = 1 gives the 4x4 map, 2 the 8x8, 3 the 16x16, 4 the 32x32 (shipped model).
+Split layers (the convention of every family, see ``base``): ``layer = k`` means "the features
+after the k-th block"; ``head(params, z, k)`` runs blocks 1..k and ``tail(params, f, k)`` the
+rest. Blocks of this family: the BN-ReLU blocks ``block0 .. block{L-1}`` (block k is
+``block{k-1}``); the features are its ReLU output and the tail ends with the output transposed
+conv and tanh. Valid k: 1..L = len(channels) (``split_layers()``). The official mGANprior code
+has no DCGAN, so there is no official ``--composing_layer`` to match. ``feature_shape(k)`` =
+(H, W, C) for ``DCGAN()`` (the shipped faces64 model)::
+
+    k    feature_shape(k)   block k
+    1    (4, 4, 512)        block0
+    2    (8, 8, 256)        block1
+    3    (16, 16, 128)      block2
+    4    (32, 32, 64)       block3
 
 Composition scale: unlike PGGAN, the tail starts with a transposed conv + BN (affine in eval
 mode), so the global scale of the fused map changes the output, and the official init

@@ -31,13 +31,31 @@ Parameter tree (TF layouts: Dense [in, out], conv kernels HWIO)::
      '{R}x{R}': {'Conv0': ..., 'Conv1': ...},
      'ToRGB': {'weight': (1, 1, C_R, 3), 'bias': (3,)}}
 
-Splitting (official ``--composing_layer`` k): the official model is the sequence of
-``num_blocks = 2 * (log2(R) - 1)`` conv blocks ``layer0 .. layer{num_blocks-1}`` (block 0 is the
-4x4 Dense, block 1 the 4x4 Conv, blocks 2/3 the 8x8 Conv0/Conv1, ...) followed by the final
-ToRGB; ``num_layers = num_blocks + 1`` counts all of them. ``head(params, z, k)`` runs blocks
-0..k-1 and returns the post-LeakyReLU activation of block k-1 (before the next PixelNorm);
-``tail(params, f, k)`` runs blocks k.. and the ToRGB. Valid k: 1..num_blocks (at k = num_blocks
-the tail is PixelNorm + ToRGB). k=4 gives the 8x8 features, k=6 16x16, k=8 32x32.
+Split layers (the convention of every family, see ``base``): ``layer = k`` means "the features
+after the k-th block"; ``head(params, x, k)`` runs blocks 1..k and ``tail(params, f, k)`` the
+rest. Blocks of this family: the official conv blocks ``layer0 .. layer{num_blocks-1}`` in order
+(block 1 is the 4x4 Dense, block 2 the 4x4 Conv, then Conv0 / Conv1 of every resolution); the
+features are the block's post-LeakyReLU activation (before the next PixelNorm), and the tail
+ends with PixelNorm + ToRGB (``num_layers = num_blocks + 1`` counts that ToRGB too). Valid k:
+1..num_blocks = 2 * log2(R) - 2 (``split_layers()``). k is exactly the official
+``--composing_layer`` (official ``pre_model = children[:k]``; its scripts use 4, 6 and 8).
+``feature_shape(k)`` = (H, W, C) for ``PGGAN(resolution=256)``::
+
+    k    feature_shape(k)   block k
+    1    (4, 4, 512)        4x4/Dense
+    2    (4, 4, 512)        4x4/Conv
+    3    (8, 8, 512)        8x8/Conv0
+    4    (8, 8, 512)        8x8/Conv1
+    5    (16, 16, 512)      16x16/Conv0
+    6    (16, 16, 512)      16x16/Conv1
+    7    (32, 32, 512)      32x32/Conv0
+    8    (32, 32, 512)      32x32/Conv1
+    9    (64, 64, 256)      64x64/Conv0
+    10   (64, 64, 256)      64x64/Conv1
+    11   (128, 128, 128)    128x128/Conv0
+    12   (128, 128, 128)    128x128/Conv1
+    13   (256, 256, 64)     256x256/Conv0
+    14   (256, 256, 64)     256x256/Conv1
 
 Labels: ``label_dim`` L > 0 describes a conditional ``G_paper``; as the official converter does,
 the labels are zeros (the Dense input is ``concat(z, zeros(L))``, which also enters the
@@ -88,13 +106,6 @@ def _log2(resolution: int) -> int:
 def pixel_norm(x: Array) -> Array:
   """``x / sqrt(mean over the last (channel) axis of x^2 + 1e-8)``."""
   return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + PIXELNORM_EPS)
-
-
-def upsample2x(x: Array) -> Array:
-  """Nearest-neighbour x2 upsampling of NHWC (B, H, W, C) -> (B, 2H, 2W, C)."""
-  b, h, w, c = x.shape
-  x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
-  return x.reshape(b, 2 * h, 2 * w, c)
 
 
 def _leaky_relu(x: Array) -> Array:
@@ -245,15 +256,11 @@ class PGGAN(Generator):
     return tuple(range(1, self.num_blocks + 1))
 
   def feature_shape(self, layer: int) -> tuple[int, int, int]:
-    """(H, W, C) of the output of block ``layer - 1``."""
+    """(H, W, C) after the ``layer``-th block (official ``layer{layer-1}``)."""
     check_layer(self, layer)
     r = (layer - 1) // 2
     side = 4 * 2 ** r
     return (side, side, self.channels[r])
-
-  def alpha_init(self, num_codes: int) -> float:
-    """Official initial alpha: the constant 1/N (``PGGAN_multi_z.init_value``)."""
-    return 1.0 / num_codes
 
   def _net(self, start: int, stop: int, to_rgb: bool) -> PGGANNetwork:
     return PGGANNetwork(channels=self.channels, label_dim=self.label_dim, start=start,
@@ -314,5 +321,4 @@ def param_names(spec: PGGAN) -> Sequence[str]:
   return out + ["ToRGB/weight", "ToRGB/bias"]
 
 
-__all__ = ["PGGAN", "PGGANNetwork", "official_channels", "param_names", "pixel_norm",
-           "upsample2x"]
+__all__ = ["PGGAN", "PGGANNetwork", "official_channels", "param_names", "pixel_norm"]

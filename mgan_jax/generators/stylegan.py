@@ -16,7 +16,7 @@ Synthesis network (``G_synthesis``), ``L = 2 * (log2(R) - 1)`` layers, layer ``i
 * layer 0 ("4x4/Const"): the learned constant (1, 4, 4, C), broadcast over the batch;
 * layer 1 ("4x4/Conv") and every odd layer ("{r}x{r}/Conv1"): 3x3 SAME conv;
 * even layers >= 2 ("{r}x{r}/Conv0_up"): nearest x2 upsample, 3x3 SAME conv, then the blur
-  ``[1,2,1] x [1,2,1] / 16`` (depthwise, zero padding 1). The official fused transposed
+  ``[1,2,1] x [1,2,1] / 16`` (per channel, zero padding 1). The official fused transposed
   convolution used at resolutions >= 128 (``fused_scale='auto'``) equals this with the
   spatially flipped kernel; the converters store that flipped kernel, so every up-layer here
   is the same op;
@@ -27,6 +27,12 @@ Synthesis network (``G_synthesis``), ``L = 2 * (log2(R) - 1)`` layers, layer ``i
   last-resolution ToRGB exists (``lod`` = 0; intermediate ToRGBs are not part of the model).
 
 3x3 conv weights are scaled by ``sqrt(2)/sqrt(Cin*9)`` at run time (equalized learning rate).
+
+Convolutions: every conv goes through ``mgan_jax.generators.conv`` -- the 3x3 and ToRGB convs
+through ``conv2d``, the up-layers' upsample + conv through ``upsample_conv2d`` (sub-pixel, or
+Winograd for wide layers on the CPU; the upsampled map is never built) -- so they get its fast
+input gradient inside ``lax.scan`` and ``set_conv_algorithm('direct')`` turns Winograd off here
+too. The blur is ``fir_filter``: separable shifted adds, not a depthwise convolution.
 
 Parameter tree (TF variable names, TF layouts: dense [in, out], conv kernels HWIO, NHWC
 buffers)::
@@ -43,11 +49,30 @@ buffers)::
                      'ToRGB': {'weight': (1, 1, C_R, 3), 'bias': (3,)},
                      'noise0': (1, 4, 4, 1), ..., 'noise{L-1}': (1, R, R, 1)}}
 
-Splitting: ``layer`` = k is the number of synthesis layers run by G1 (k=1: after the const
-layer's epilogue, 4x4; k=2: after the 4x4 conv; k=3/4: the 8x8 layers; ...). ``head(params, wp,
-k)`` returns the NHWC features after layer k-1's epilogue (the StyleMod output), styled by
-``wp[:, :k]``; ``tail(params, f, k, latent=wp)`` runs layers k..L-1 with ``wp[:, k:]`` and the
-ToRGB. Valid k: 1..L (at k = L the tail is only the ToRGB).
+Split layers (the convention of every family, see ``base``): ``layer = k`` means "the features
+after the k-th block"; ``head(params, wp, k)`` runs blocks 1..k and ``tail(params, f, k,
+latent=wp)`` the rest. Blocks of this family: the synthesis layers with their epilogue, block k
+being layer k-1 above and styled by ``wp[:, k-1]`` (so G1 uses ``wp[:, :k]``, G2 ``wp[:, k:]``
+and the ToRGB); the features are the block's StyleMod output. Valid k: 1..L = 2 * log2(R) - 2
+(``split_layers()``; at k = L the tail is only the ToRGB). The official mGANprior code has no
+multi-code StyleGAN, so there is no official ``--composing_layer`` to match.
+``feature_shape(k)`` = (H, W, C) for ``StyleGAN(resolution=256)``::
+
+    k    feature_shape(k)   block k
+    1    (4, 4, 512)        4x4/Const
+    2    (4, 4, 512)        4x4/Conv
+    3    (8, 8, 512)        8x8/Conv0_up
+    4    (8, 8, 512)        8x8/Conv1
+    5    (16, 16, 512)      16x16/Conv0_up
+    6    (16, 16, 512)      16x16/Conv1
+    7    (32, 32, 512)      32x32/Conv0_up
+    8    (32, 32, 512)      32x32/Conv1
+    9    (64, 64, 256)      64x64/Conv0_up
+    10   (64, 64, 256)      64x64/Conv1
+    11   (128, 128, 128)    128x128/Conv0_up
+    12   (128, 128, 128)    128x128/Conv1
+    13   (256, 256, 64)     256x256/Conv0_up
+    14   (256, 256, 64)     256x256/Conv1
 
 Noise (``noise=`` of every synthesis method): ``None`` -> the checkpoint's fixed buffers
 ``noise{i}`` (official ``randomize_noise=False``); a PRNG key -> fresh N(0, 1) noise, layer i
@@ -63,6 +88,7 @@ with the float32 reference.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -73,6 +99,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mgan_jax.generators.base import Array, Generator, Params, check_layer
+from mgan_jax.generators.conv import conv2d, upsample_conv2d
 
 #: PixelNorm / InstanceNorm epsilon.
 NORM_EPS = 1e-8
@@ -109,28 +136,48 @@ def pixel_norm(x: Array) -> Array:
   return x / jnp.sqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + NORM_EPS)
 
 
-def upsample_nearest2x(x: Array) -> Array:
-  """Nearest-neighbour x2: NHWC (B, H, W, C) -> (B, 2H, 2W, C)."""
-  b, h, w, c = x.shape
-  x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
-  return x.reshape(b, 2 * h, 2 * w, c)
+def fir_filter(x: Array, taps: Sequence[float], padding: tuple[int, int]) -> Array:
+  """Separable FIR filter of NHWC ``x``: the 1-D ``taps`` along H and along W, zero padding
+  ``(before, after)`` on both axes (each in [0, len(taps) - 1]); the 2-D kernel is
+  ``outer(taps, taps)``, applied as a correlation. (B, H, W, C) ->
+  (B, H + before + after - len(taps) + 1, ..., C).
+
+  Written as shifted adds, not as a depthwise convolution (which XLA:CPU runs slowly, its
+  gradient more so inside ``lax.scan``), with a custom input gradient: the same filter with the
+  reversed taps and the complementary padding, which XLA fuses as well as the forward."""
+  taps = tuple(float(t) for t in taps)
+  padding = tuple(int(p) for p in padding)
+  if len(padding) != 2 or not all(0 <= p < len(taps) for p in padding):
+    raise ValueError(f"fir_filter padding {padding} must be (before, after) in "
+                     f"[0, {len(taps) - 1}]")
+  return _fir(x, taps, padding)
 
 
-def conv2d(x: Array, w: Array, *, padding: Any = "SAME", lhs_dilation=None,
-           groups: int = 1) -> Array:
-  """NHWC x HWIO cross-correlation, stride 1."""
-  return jax.lax.conv_general_dilated(x, w, window_strides=(1, 1), padding=padding,
-                                      lhs_dilation=lhs_dilation,
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                      feature_group_count=groups)
+def _fir_impl(x: Array, taps: tuple[float, ...], padding: tuple[int, int]) -> Array:
+  for axis in (1, 2):
+    xp = jnp.pad(x, [padding if a == axis else (0, 0) for a in range(x.ndim)])
+    n = xp.shape[axis] - len(taps) + 1
+    parts = [jax.lax.slice_in_dim(xp, u, u + n, axis=axis) * np.float32(t)
+             for u, t in enumerate(taps)]
+    x = functools.reduce(jnp.add, parts)
+  return x
 
 
-def depthwise_filter(x: Array, kernel: np.ndarray, padding: Sequence[tuple[int, int]], *,
-                     lhs_dilation=None) -> Array:
-  """Apply the same 2-D (symmetric) FIR ``kernel`` to every channel of NHWC ``x``."""
-  c = x.shape[-1]
-  k = jnp.asarray(np.tile(kernel[:, :, None, None], (1, 1, 1, c)), x.dtype)
-  return conv2d(x, k, padding=tuple(padding), lhs_dilation=lhs_dilation, groups=c)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _fir(x: Array, taps: tuple[float, ...], padding: tuple[int, int]) -> Array:
+  return _fir_impl(x, taps, padding)
+
+
+def _fir_fwd(x, taps, padding):
+  return _fir_impl(x, taps, padding), None
+
+
+def _fir_bwd(taps, padding, _, g):
+  k = len(taps)
+  return (_fir_impl(g, taps[::-1], (k - 1 - padding[0], k - 1 - padding[1])),)
+
+
+_fir.defvjp(_fir_fwd, _fir_bwd)
 
 
 def is_prng_key(x: Any) -> bool:
@@ -251,7 +298,8 @@ def _instance_norm(x: Array) -> Array:
   return x / jnp.sqrt(jnp.mean(jnp.square(x), axis=(1, 2), keepdims=True) + NORM_EPS)
 
 
-_BLUR = np.outer([1.0, 2.0, 1.0], [1.0, 2.0, 1.0]).astype(np.float32) / 16.0
+#: The blur after every up-layer, per axis: ``[1, 2, 1] / 4`` (2-D kernel ``[1,2,1]x[1,2,1] / 16``).
+BLUR_TAPS = (0.25, 0.5, 0.25)
 
 
 class _NoiseWeight(nn.Module):
@@ -290,11 +338,11 @@ class _SynthesisLayer(nn.Module):
     else:
       cin = x.shape[-1]
       weight = self.param("weight", WEIGHT_INIT, (3, 3, cin, c))
+      scale = math.sqrt(2.0) / math.sqrt(cin * 9)
       if self.kind == "up":
-        x = upsample_nearest2x(x)
-      x = conv2d(x, weight) * (math.sqrt(2.0) / math.sqrt(cin * 9))
-      if self.kind == "up":
-        x = depthwise_filter(x, _BLUR, ((1, 1), (1, 1)))
+        x = fir_filter(upsample_conv2d(x, weight) * scale, BLUR_TAPS, (1, 1))
+      else:
+        x = conv2d(x, weight) * scale
     x = _NoiseWeight(c, name="Noise")(x, noise)
     x = x + self.param("bias", BIAS_INIT, (c,))
     x = leaky_relu(x)
@@ -365,10 +413,10 @@ class _ToRGB(nn.Module):
     return conv2d(x, weight) * (1.0 / math.sqrt(cin)) + bias
 
 
-def random_params(shapes: Any, key: Array, std: Callable[[str], float]) -> dict:
+def random_params(key: Array, shapes: Any, std: Callable[[str], float]) -> dict:
   """Fill a nested dict of ``ShapeDtypeStruct`` (e.g. from ``jax.eval_shape`` of a Flax
-  ``init``) with N(0, std(path)^2) values, path '/'-joined. One normal draw for all leaves
-  (cheap to compile, unlike one RNG op per parameter)."""
+  ``init``) with N(0, std(path)^2) values drawn from ``key``, path '/'-joined. One normal draw
+  for all leaves (cheap to compile, unlike one RNG op per parameter)."""
   flat: list[tuple[str, Any]] = []
 
   def walk(t: Any, prefix: str) -> None:
@@ -457,7 +505,7 @@ class StyleFamily:
         "dlatent_avg": jax.ShapeDtypeStruct((self.w_dim,), jnp.float32),
         "synthesis": jax.eval_shape(self._synth(0, self.num_synthesis_layers, True).init, k0,
                                     None, wp, None)["params"]}
-    return random_params(shapes, key, _init_std)
+    return random_params(key, shapes, _init_std)
 
   def _run(self, params: Params, state: Any, wp: Array, start: int, stop: int, final: bool,
            noise: Any) -> Any:
@@ -590,5 +638,5 @@ class StyleGAN(StyleFamily, Generator):
                      True, noise)
 
 
-__all__ = ["MappingNetwork", "StyleGAN", "StyleGANSynthesis", "StyleFamily",
-           "official_channels", "resolve_noise", "truncate"]
+__all__ = ["BLUR_TAPS", "MappingNetwork", "StyleGAN", "StyleGANSynthesis", "StyleFamily",
+           "fir_filter", "official_channels", "resolve_noise", "truncate"]
