@@ -13,9 +13,12 @@ Examples::
 Settings come from the built-in defaults (``evaluation.Config``), then ``--config FILE``
 (JSON, or TOML on Python 3.11+; the keys are ``Config``'s fields), then ``--quick``, then the
 flags. Outputs (``mgan_jax.evaluation_report``): OUT/results.md, results.csv, results.json,
-sweeps.csv, figures; ``--report PATH`` also writes the markdown report there. Every inversion
-configuration is cached in OUT/runs (or ``--cache``): rerunning after an interruption only
-computes what is missing.
+sweeps.csv, figures; ``--report PATH`` also writes the markdown report there, ``--readme PATH``
+the generated results section of a README. The tables and the report are also written after
+the table and after each sweep, so an interrupted evaluation leaves what it measured. Every
+inversion configuration is cached in OUT/runs (or ``--cache``): rerunning after an
+interruption only computes what is missing; compiled programs are kept in the persistent
+compilation cache as by the other commands (``--no-compile-cache``).
 """
 
 from __future__ import annotations
@@ -103,8 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
   r.add_argument("--cache", metavar="DIR", help="run cache (default OUT/runs)")
   r.add_argument("--report", metavar="PATH", help="also write the markdown report here "
                  "(e.g. docs/RESULTS.md; figure links relative to it)")
+  r.add_argument("--readme", metavar="PATH", help="also rewrite the generated results section "
+                 "of this markdown file (e.g. README.md; between its results markers)")
   r.add_argument("--no-plots", dest="plots", action="store_false", default=None,
                  help="no figures (they need matplotlib: pip install 'mgan_jax[plots]')")
+  r.add_argument("--compile-workers", type=cli.int_arg(0), metavar="N",
+                 help="threads compiling the next runs' programs while one runs (default: one "
+                      "per core but one, at most 8; 0 = none)")
+  r.add_argument("--time-budget", type=cli.float_arg(0.0), metavar="SECONDS",
+                 help="start no further sweep case after this many seconds (default 0: no "
+                      "limit; the table always runs)")
+  cli.add_compile_cache_argument(r)
   r.add_argument("--quiet", action="store_true", help="no progress lines")
   return p
 
@@ -121,7 +133,9 @@ def resolve_config(args: argparse.Namespace) -> evaluation.Config:
            "baselines": args.baselines, "lpips": args.lpips, "table": args.table,
            "sweep_cases": args.sweep_cases, "sweep_samples": args.sweep_samples,
            "sweep_seed": args.sweep_seed, "batch_size": args.batch_size, "seed": args.seed,
-           "out": args.out, "cache": args.cache, "report": args.report, "plots": args.plots}
+           "out": args.out, "cache": args.cache, "report": args.report, "readme": args.readme,
+           "plots": args.plots, "compile_workers": args.compile_workers,
+           "time_budget": args.time_budget}
   model, directory = cli.model_source(args)
   if model or directory:
     flags["model"] = model or directory
@@ -145,12 +159,22 @@ def _main(argv: Sequence[str] | None = None) -> int:
     from mgan_jax.evaluation_report import require_matplotlib
     require_matplotlib()   # fail before hours of work, not after
   log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+  from mgan_jax import evaluation_report
+  if cfg.readme:
+    evaluation_report.check_readme(cfg.readme)   # markers present, before any work
+  try:
+    cli.enable_compile_cache(args)
+  except UserError as e:      # an unwritable cache costs compile time, not the evaluation
+    log(f"note: no persistent compilation cache ({e})")
   command = " ".join([PROG, *map(shlex.quote, argv)])
   t0 = time.perf_counter()
-  report = evaluation.evaluate(cfg, log=log, command=command)
-  from mgan_jax import evaluation_report
+  # after the table and each sweep: the tables and the report so far (no figures, no README),
+  # so that an interrupted evaluation leaves what it measured
+  partial = lambda r: evaluation_report.write_outputs(r, out=cfg.out, report_path=cfg.report,
+                                                      plots=False)
+  report = evaluation.evaluate(cfg, log=log, command=command, on_stage=partial)
   written = evaluation_report.write_outputs(report, out=cfg.out, report_path=cfg.report,
-                                            plots=cfg.plots)
+                                            plots=cfg.plots, readme=cfg.readme)
   log(f"done in {time.perf_counter() - t0:.1f} s: " + ", ".join(str(p) for p in written))
   return 0
 

@@ -41,6 +41,14 @@ the paper's layer-wise analysis), ``codes`` (the number of codes N), ``iteration
 at the largest value; PSNR read from its per-chunk trace at each value), or any settings key
 (``perceptual_weight``, ``lr``, ...).
 
+**Cost.** Every run (``Job``: a case, a method, settings, an image set) is one configuration
+of the engine; its compiled programs depend on the task's operator, the method, N, the layer,
+the loss and optimiser settings, the chunk length and the batch shape -- not on the number of
+iterations, nor on the inpainting mask or the images. The configuration of docs/RESULTS.md
+therefore fixes the chunk (25) for every run and gives the sweeps one image set, so that runs
+share programs; the programs of the runs still to come compile in ``compile_workers`` threads
+while a run executes (``Evaluator.compile_ahead``); ``time_budget`` bounds the sweeps.
+
 Every configuration's raw results are kept in ``cache`` (one ``.npz`` per configuration, keyed
 by a hash of everything that determines it), so a rerun after an interruption, or with other
 metrics or reports, only computes what is missing.
@@ -78,6 +86,8 @@ SETTING_KEYS: dict[str, Callable[[Any], Any]] = {
 }
 SWEEP_KEYS = tuple(k for k in SETTING_KEYS if k not in ("chunk", "optimizer", "alpha_init"))
 LPIPS_NETS = ("alex", "vgg")
+#: image pairs per LPIPS call (measure pads to a multiple)
+LPIPS_BATCH = 16
 GAN_METHODS = ("multi-code", "z", "w", "w+")
 
 
@@ -283,7 +293,11 @@ class Config:
   ``{case: {key: value}}``, the settings the sweeps start from where they are not the
   defaults (e.g. the defaults before a tuning, to reproduce it); out: output directory;
   cache: run cache (default OUT/runs); report: also write this markdown report (e.g.
-  docs/RESULTS.md), figures beside it; plots: draw the figures (needs matplotlib).
+  docs/RESULTS.md), figures beside it; readme: also rewrite the generated results section of
+  this file (between ``evaluation_report.README_BEGIN`` / ``README_END``); plots: draw the
+  figures (needs matplotlib); compile_workers: threads compiling the next runs' programs while
+  one runs (None = one per core but one, at most 8; 0 = none); time_budget: seconds after which
+  no further sweep case starts (0 = no limit; the table always runs).
   """
   model: str | None = None
   samples: int = 32
@@ -307,7 +321,16 @@ class Config:
   out: str = "out/evaluate"
   cache: str | None = None
   report: str | None = None
+  readme: str | None = None
   plots: bool = True
+  compile_workers: int | None = None
+  time_budget: float = 0.0
+
+  def workers(self) -> int:
+    """Compile threads: ``compile_workers``, or by default one per core but one, at most 8."""
+    if self.compile_workers is not None:
+      return self.compile_workers
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
   def check(self) -> "Config":
     """Validate (UserError naming the key) and normalise; returns self."""
@@ -330,6 +353,16 @@ class Config:
       if not isinstance(v, int) or isinstance(v, bool) or v < (1 if key == "batch_size" else 0):
         raise UserError(f"{key}: must be an integer >= {1 if key == 'batch_size' else 0}, "
                         f"got {v!r}")
+    if self.compile_workers is not None and (not isinstance(self.compile_workers, int)
+                                             or isinstance(self.compile_workers, bool)
+                                             or self.compile_workers < 0):
+      raise UserError(f"compile_workers: must be an integer >= 0, got {self.compile_workers!r}")
+    try:
+      self.time_budget = float(self.time_budget)
+    except (TypeError, ValueError):
+      raise UserError(f"time_budget: expected seconds, got {self.time_budget!r}") from None
+    if not self.time_budget >= 0:
+      raise UserError(f"time_budget: must be >= 0 seconds, got {self.time_budget!r}")
     if self.table and self.samples == 0 and not self.images:
       raise UserError("samples is 0 and no images are given: nothing to evaluate")
     self.overrides = {k: _setting(k, v, what="overrides") for k, v in
@@ -444,7 +477,7 @@ def run_settings(gen: Any, model_name: str | None, case: Case, *, method: str,
 
 
 # ----------------------------------------------------------------------------------------------
-# Runs (cached).
+# Runs (cached, compiled ahead).
 # ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Run:
@@ -460,6 +493,41 @@ class Run:
   snapshots: np.ndarray | None = None
   snapshot_iterations: list | None = None
   cached: bool = False
+
+
+@dataclasses.dataclass
+class Job:
+  """One inversion configuration to run: a case (``CASES``), a method (``GAN_METHODS``),
+  settings on top of the configuration's ``overrides``, an image set; ``snapshots``: also keep
+  the image after every chunk (the iterations sweep)."""
+  case: str
+  method: str
+  overrides: dict
+  images: ImageSet
+  snapshots: bool = False
+
+
+@dataclasses.dataclass
+class Prepared:
+  """A job resolved: its settings, task (with the model's default output options), the
+  observations, the cache payload and file (None without a cache)."""
+  job: Job
+  settings: Any
+  task: tasks.Task
+  obs: list
+  payload: dict
+  path: Path | None
+
+  @property
+  def key(self) -> str:
+    return _key(self.payload)
+
+  def describe(self) -> str:
+    s = self.settings
+    shown = ("chunk", "codes", "layer", "iterations")
+    return (f"{self.job.case} {self.job.method}"
+            + (f" N={s.codes} layer {s.layer}" if s.layer else "") + f" {s.iterations} it"
+            + "".join(f" {k}={v}" for k, v in self.job.overrides.items() if k not in shown))
 
 
 def _recording_inverter(base: type) -> type:
@@ -483,36 +551,32 @@ def _key(payload: Mapping[str, Any]) -> str:
                         ).hexdigest()[:20]
 
 
-def invert(gen: Any, gen_params: Any, vgg: Any, settings: Any, task: tasks.Task,
-           obs: Sequence[tasks.Observation], images: ImageSet, *, batch_size: int,
-           cache: Path | None, key: Mapping[str, Any], snapshots: bool = False) -> Run:
-  """Invert the observations with ``pipeline.Inverter`` in batches of ``batch_size`` (one
-  compiled program for all batches), or read the result from ``cache`` when this exact
-  configuration (``key`` + settings + task + images) was run before. The output options of the
-  task (paste, back-projection) are left to the caller (``apply_post``): they do not change the
-  optimisation, so the run (and its cache entry) is the same for all of them. ``snapshots``:
-  also keep the image after every chunk."""
-  from mgan_jax.pipeline import Inverter, Item
-  task = dataclasses.replace(task, paste_known=False, back_project=False)
-  payload = {"version": CACHE_VERSION, **dict(key), "settings": settings.to_json(),
-             "task": task.to_json(), "images": images.fingerprint(), "snapshots": snapshots}
-  path = None
-  if cache is not None:
-    path = Path(cache) / f"{key.get('case', 'run')}-{_key(payload)}.npz"
-    if path.is_file():
-      with np.load(path, allow_pickle=False) as f:
-        meta = json.loads(str(f["meta"]))
-        return Run(f["raw"], f["losses"], meta["traces"], meta["seconds_per_image"],
-                   meta["compile_seconds"], f["snapshots"] if snapshots else None,
-                   meta.get("snapshot_iterations"), cached=True)
-  items = [Item(name=n, path=Path(n), input=c, fit=imageio.FitReport(c.shape[:2], c.shape[:2]),
-                observation=o, clean=c)
-           for n, c, o in zip(images.names, images.clean, obs)]
-  cls = _recording_inverter(Inverter) if snapshots else Inverter
-  inv = cls(gen, gen_params, vgg, settings, task,
+def _items(images: ImageSet, obs: Sequence[tasks.Observation]) -> list:
+  from mgan_jax.pipeline import Item
+  return [Item(name=n, path=Path(n), input=c, fit=imageio.FitReport(c.shape[:2], c.shape[:2]),
+               observation=o, clean=c)
+          for n, c, o in zip(images.names, images.clean, obs)]
+
+
+def build_inverter(gen: Any, gen_params: Any, vgg: Any, prep: Prepared, *, batch_size: int
+                   ) -> tuple[Any, float]:
+  """(``pipeline.Inverter`` for the job, with its programs compiled; the compile seconds). The
+  task's output options (paste, back-projection) are left out: they do not change the
+  optimisation, and every output is computed from the raw result (``apply_post``). Safe to call
+  from a worker thread (the engine's program cache is thread-safe)."""
+  from mgan_jax.pipeline import Inverter
+  items = _items(prep.job.images, prep.obs)
+  cls = _recording_inverter(Inverter) if prep.job.snapshots else Inverter
+  task = dataclasses.replace(prep.task, paste_known=False, back_project=False)
+  inv = cls(gen, gen_params, vgg, prep.settings, task,
             batch_size=max(1, min(batch_size, len(items))))
+  return inv, inv.compile(items[:inv.batch_size])
+
+
+def execute(inv: Any, prep: Prepared, *, compile_seconds: float) -> Run:
+  """Run the prepared job's images through ``inv`` in batches (one compiled program)."""
+  items = _items(prep.job.images, prep.obs)
   groups = [items[i:i + inv.batch_size] for i in range(0, len(items), inv.batch_size)]
-  compile_s = inv.compile(groups[0])
   raw, losses, traces, seconds = [], [], [], 0.0
   for g in groups:
     t0 = time.perf_counter()
@@ -522,22 +586,34 @@ def invert(gen: Any, gen_params: Any, vgg: Any, settings: Any, task: tasks.Task,
     losses += [r.losses for r in res]
     traces += [r.trace for r in res]
   run = Run(np.stack(raw).astype(np.float32), np.stack(losses).astype(np.float32), traces,
-            seconds / len(items), compile_s)
-  arrays = {}
-  if snapshots:
+            seconds / len(items), compile_seconds)
+  if prep.job.snapshots:
     its = sorted({d for _, d in inv.snapshots})
     run.snapshots = np.stack([np.stack([inv.snapshots[(it.name, d)] for d in its])
                               for it in items])
     run.snapshot_iterations = its
-    arrays["snapshots"] = run.snapshots
-  if path is not None:
-    meta = {"payload": payload, "traces": traces, "seconds_per_image": run.seconds_per_image,
-            "compile_seconds": compile_s, "snapshot_iterations": run.snapshot_iterations}
-    with fileio.publish(path, replace=True) as tmp:
-      with open(tmp, "wb") as fh:
-        np.savez(fh, raw=run.raw, losses=run.losses, meta=np.asarray(json.dumps(
-            imageio._finite(meta), default=imageio._json_default)), **arrays)
   return run
+
+
+def load_run(path: Path, *, snapshots: bool) -> Run:
+  """A cached ``Run`` (``save_run``)."""
+  with np.load(path, allow_pickle=False) as f:
+    meta = json.loads(str(f["meta"]))
+    return Run(f["raw"], f["losses"], meta["traces"], meta["seconds_per_image"],
+               meta["compile_seconds"], f["snapshots"] if snapshots else None,
+               meta.get("snapshot_iterations"), cached=True)
+
+
+def save_run(path: Path, run: Run, payload: Mapping[str, Any]) -> None:
+  """Publish a run's arrays and metadata as one ``.npz`` (atomically)."""
+  meta = {"payload": dict(payload), "traces": run.traces,
+          "seconds_per_image": run.seconds_per_image, "compile_seconds": run.compile_seconds,
+          "snapshot_iterations": run.snapshot_iterations}
+  arrays = {"snapshots": run.snapshots} if run.snapshots is not None else {}
+  with fileio.publish(path, replace=True) as tmp:
+    with open(tmp, "wb") as fh:
+      np.savez(fh, raw=run.raw, losses=run.losses, meta=np.asarray(json.dumps(
+          imageio._finite(meta), default=imageio._json_default)), **arrays)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -546,18 +622,18 @@ def invert(gen: Any, gen_params: Any, vgg: Any, settings: Any, task: tasks.Task,
 def measure(outputs: np.ndarray, clean: np.ndarray, *, lpips_nets: Sequence[str] = ("alex",),
             auc: bool = False) -> dict[str, list[float]]:
   """Per-image metrics of outputs (n, R, R, 3) against clean (n, R, R, 3) (floats in [-1, 1] or
-  uint8), on the 8-bit images: {'psnr', 'ssim', 'lpips_<net>'..., 'auc'?} -> lists of n."""
+  uint8), on the 8-bit images: {'psnr', 'ssim', 'lpips_<net>'..., 'auc'?} -> lists of n. LPIPS
+  runs on batches of ``LPIPS_BATCH`` (padded), so one program serves every image set."""
   from mgan_jax import assets
   out8, clean8 = imageio.to_uint8(np.asarray(outputs)), imageio.to_uint8(np.asarray(clean))
-  res: dict[str, list[float]] = {"psnr": [], "ssim": []}
-  for a, b in zip(out8, clean8):
-    q = metrics.quality(a, b)
-    res["psnr"].append(q["psnr"])
-    res["ssim"].append(q["ssim"])
+  res: dict[str, list[float]] = metrics.quality_batch(out8, clean8)
+  n = len(out8)
+  pad = (-n) % LPIPS_BATCH
+  grow = lambda x: np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
   for net in lpips_nets:
-    d = metrics.lpips_batch(out8, clean8, params=assets.lpips_params(net), net=net,
-                            batch_size=min(16, len(out8)))
-    res[f"lpips_{net}"] = [float(v) for v in d]
+    d = metrics.lpips_batch(grow(out8), grow(clean8), params=assets.lpips_params(net), net=net,
+                            batch_size=LPIPS_BATCH)
+    res[f"lpips_{net}"] = [float(v) for v in d[:n]]
   if auc:
     res["auc"] = [metrics.colorization_auc(a, b) for a, b in zip(out8, clean8)]
   return res
@@ -623,10 +699,17 @@ class Report:
   skipped: list
   seconds: float
   command: str = ""
+  timing: dict = dataclasses.field(default_factory=dict)
+  sweep_starts: dict = dataclasses.field(default_factory=dict)
+  partial: bool = False
 
 
 class Evaluator:
-  """Loads the model once and runs cases, methods and sweeps (see the module docstring)."""
+  """Loads the model once and runs cases, methods and sweeps (see the module docstring).
+
+  Jobs run in the order they are asked for; ``compile_ahead(jobs)`` first hands the programs of
+  the jobs that are not cached to ``compile_workers`` threads, which compile them while the
+  earlier jobs run (the accelerator runs one job, the host's cores compile the next ones)."""
 
   def __init__(self, config: Config, *, log: Callable[[str], Any] = lambda s: None):
     from mgan_jax import assets
@@ -640,6 +723,11 @@ class Evaluator:
       raise UserError(f"model: {e}") from None
     self.cache = Path(config.cache) if config.cache else Path(config.out) / "runs"
     self._vgg = None
+    self._obs: dict = {}
+    self._prepared: dict = {}
+    self._ahead: dict = {}
+    self._pool = None
+    self.compile_seconds = 0.0
 
   def vgg(self, settings: Any) -> Any:
     from mgan_jax import assets
@@ -660,67 +748,134 @@ class Evaluator:
         skipped.append(f"method {m}: {e}")
     return ok, skipped
 
-  def run_case(self, case: Case, images: ImageSet, *, method: str,
-               overrides: Mapping[str, Any] | None = None, snapshots: bool = False
-               ) -> tuple[Run, Any, tasks.Task, list]:
-    """Invert one case's observations with ``method``: (run, settings, task, observations)."""
-    over = dict(self.cfg.overrides)
-    over.update(overrides or {})
-    settings, task, _ = run_settings(self.gen, self.model_name, case, method=method,
-                                     overrides=over, seed=self.cfg.seed)
-    obs = observations(case, task, images, seed=self.cfg.seed)
-    key = {"case": case.name, "model": self.label, "mask": case.mask, "method": method}
-    t0 = time.perf_counter()
-    run = invert(self.gen, self.params, self.vgg(settings), settings, task, obs, images,
-                 batch_size=self.cfg.batch_size, cache=self.cache, key=key,
-                 snapshots=snapshots)
-    what = (f"{case.name} {method}" + (f" N={settings.codes} layer {settings.layer}"
-                                       if settings.layer else "")
-            + f" {settings.iterations} it" + "".join(f" {k}={v}" for k, v in
-                                                     (overrides or {}).items()))
-    if run.cached:
-      self.log(f"  {what}: cached")
-    else:
-      self.log(f"  {what}: {len(images)} image(s) in {time.perf_counter() - t0:.1f} s "
-               f"(compile {run.compile_seconds:.1f} s, {run.seconds_per_image:.2f} s/image)")
-    return run, settings, task, obs
+  # ----- jobs ---------------------------------------------------------------------------------
+  def table_jobs(self, images: ImageSet, case: str) -> list[Job]:
+    return [Job(case, m, {}, images) for m in self.methods()[0]]
 
-  def table(self, images: ImageSet) -> tuple[list[Row], dict, dict]:
-    """The main table: (rows, mean traces per case, example outputs per case)."""
+  def sweep_jobs(self, key: str, values: Sequence[Any], images: ImageSet, case: str
+                 ) -> list[Job]:
+    """The multi-code runs of one sweep on one case, from the case's ``sweep_overrides``. The
+    iterations sweep is one run at the largest value, kept after every ``gcd(values)``."""
+    pin = dict(self.cfg.sweep_overrides.get(case, {}))
+    if key == "iterations":
+      step = math.gcd(*[int(v) for v in values]) or 1
+      return [Job(case, "multi-code", {**pin, "iterations": max(values), "chunk": step},
+                  images, snapshots=True)]
+    return [Job(case, "multi-code", {**pin, key: v}, images) for v in values]
+
+  def prepare(self, job: Job) -> Prepared:
+    """Resolve a job (settings, task, observations, cache file); memoised."""
+    over = {**self.cfg.overrides, **job.overrides}
+    case = CASES[job.case]
+    settings, task, _ = run_settings(self.gen, self.model_name, case, method=job.method,
+                                     overrides=over, seed=self.cfg.seed)
+    fp = job.images.fingerprint()
+    run_task = dataclasses.replace(task, paste_known=False, back_project=False)
+    payload = {"version": CACHE_VERSION, "case": case.name, "model": self.label,
+               "mask": case.mask, "method": job.method, "settings": settings.to_json(),
+               "task": run_task.to_json(), "images": fp, "snapshots": job.snapshots}
+    key = _key(payload)
+    hit = self._prepared.get(key)
+    if hit is not None:
+      return dataclasses.replace(hit, job=job)
+    okey = (case.name, json.dumps(run_task.to_json(), sort_keys=True), fp)
+    if okey not in self._obs:
+      self._obs[okey] = observations(case, task, job.images, seed=self.cfg.seed)
+    self.vgg(settings)                     # loaded here, never first in a compiling thread
+    path = self.cache / f"{case.name}-{key}.npz" if self.cache is not None else None
+    prep = Prepared(job, settings, task, self._obs[okey], payload, path)
+    self._prepared[key] = prep
+    return prep
+
+  def compile_ahead(self, jobs: Sequence[Job]) -> None:
+    """Start compiling the programs of ``jobs`` that are not cached, in order, in
+    ``compile_workers`` threads (0: each job compiles when it runs)."""
+    workers = self.cfg.workers()
+    if not workers:
+      return
+    from concurrent.futures import ThreadPoolExecutor
+    if self._pool is None:
+      self._pool = ThreadPoolExecutor(workers, thread_name_prefix="mgan-compile")
+    for job in jobs:
+      prep = self.prepare(job)
+      if prep.key in self._ahead or (prep.path is not None and prep.path.is_file()):
+        continue
+      self._ahead[prep.key] = self._pool.submit(
+          build_inverter, self.gen, self.params, self.vgg(prep.settings), prep,
+          batch_size=self.cfg.batch_size)
+
+  def close(self) -> None:
+    """Cancel the compilations no job will use (a time budget ran out)."""
+    if self._pool is not None:
+      self._pool.shutdown(wait=False, cancel_futures=True)
+      self._pool = None
+    self._ahead.clear()
+
+  def run(self, job: Job) -> tuple[Run, Prepared]:
+    """Run one job (or read it from the cache): (run, prepared job)."""
+    prep = self.prepare(job)
+    if prep.path is not None and prep.path.is_file():
+      self.log(f"  {prep.describe()}: cached")
+      return load_run(prep.path, snapshots=job.snapshots), prep
+    t0 = time.perf_counter()
+    ahead = self._ahead.pop(prep.key, None)
+    if ahead is not None:
+      inv, compile_s = ahead.result()
+    else:
+      inv, compile_s = build_inverter(self.gen, self.params, self.vgg(prep.settings), prep,
+                                      batch_size=self.cfg.batch_size)
+    waited = time.perf_counter() - t0
+    self.compile_seconds += compile_s
+    run = execute(inv, prep, compile_seconds=compile_s)
+    if prep.path is not None:
+      save_run(prep.path, run, prep.payload)
+    n = len(job.images)
+    how = (f"compiled ahead in {compile_s:.1f} s, waited {waited:.1f} s" if ahead is not None
+           else f"compile {compile_s:.1f} s")
+    self.log(f"  {prep.describe()}: {n} image(s) in {time.perf_counter() - t0:.1f} s "
+             f"({how}, {run.seconds_per_image:.2f} s/image)")
+    return run, prep
+
+  # ----- the table ----------------------------------------------------------------------------
+  def table_case(self, name: str, images: ImageSet, index: int
+                 ) -> tuple[list[Row], dict | None, dict]:
+    """One case of the main table: (rows, mean trace of multi-code, example outputs)."""
     cfg = self.cfg
-    methods, _ = self.methods()
+    case = CASES[name]
+    auc = case.task == "colorize"
+    ex_index = index % len(images)
+    ex: dict = {"image": images.names[ex_index], "clean": images.clean[ex_index]}
     rows: list[Row] = []
-    curves: dict = {}
-    examples: dict = {}
-    for ci, name in enumerate(cfg.cases):
-      case = CASES[name]
-      self.log(f"[{ci + 1}/{len(cfg.cases)}] {case.title}")
-      auc = case.task == "colorize"
-      ex_index = ci % len(images)
-      ex: dict = {"image": images.names[ex_index], "clean": images.clean[ex_index]}
-      task = None
-      obs = None
-      for m in methods:
-        run, settings, task, obs = self.run_case(case, images, method=m)
-        for post in posts_of(task):
-          outs = np.stack([apply_post(post, task, r, o) for r, o in zip(run.raw, obs)])
-          rows.append(Row(case.name, m, post, "gan",
-                          measure(outs, images.clean, lpips_nets=cfg.lpips, auc=auc),
-                          run.seconds_per_image, default=post == default_post(task),
-                          settings=settings.to_json(), compile_seconds=run.compile_seconds))
-          if post == default_post(task):
-            ex[m] = outs[ex_index]
-        if m == "multi-code":
-          curves[case.name] = _mean_trace(run.traces)
-      ex["observation"] = tasks.upsample_for_display(obs[ex_index].image, images.clean.shape[1])
-      if cfg.baselines:
-        rows += self._baselines(case, task, obs, images, auc, ex, ex_index)
-      if case.task == "denoise":
-        noisy = np.stack([o.image for o in obs])
-        rows.append(Row(case.name, "noisy input", "raw", "observation",
-                        measure(noisy, images.clean, lpips_nets=cfg.lpips), 0.0))
-      examples[case.name] = ex
-    return rows, curves, examples
+    curve = None
+    prep = None
+    for job in self.table_jobs(images, name):
+      run, prep = self.run(job)
+      task, obs = prep.task, prep.obs
+      for post in posts_of(task):
+        outs = np.stack([apply_post(post, task, r, o) for r, o in zip(run.raw, obs)])
+        rows.append(Row(name, job.method, post, "gan",
+                        measure(outs, images.clean, lpips_nets=cfg.lpips, auc=auc),
+                        run.seconds_per_image, default=post == default_post(task),
+                        settings=prep.settings.to_json(), compile_seconds=run.compile_seconds))
+        if post == default_post(task):
+          ex[job.method] = outs[ex_index]
+      if job.method == "multi-code":
+        curve = _mean_trace(run.traces)
+    if prep is None:   # no GAN method: the observations of the defaults' task
+      d = defaults_lib.defaults_for(self.gen.family, self.model_name,
+                                    tasks.parse_task(case.task).tasks)
+      task = case_task(case, self.gen, d)
+      obs = observations(case, task, images, seed=cfg.seed)
+    else:
+      task, obs = prep.task, prep.obs
+    ex["observation"] = tasks.upsample_for_display(obs[ex_index].image, images.clean.shape[1])
+    if cfg.baselines:
+      rows += self._baselines(case, task, obs, images, auc, ex, ex_index)
+    if case.task == "denoise":
+      noisy = np.stack([o.image for o in obs])
+      rows.append(Row(name, "noisy input", "raw", "observation",
+                      measure(noisy, images.clean, lpips_nets=cfg.lpips), 0.0))
+    return rows, curve, ex
 
   def _baselines(self, case: Case, task: tasks.Task, obs: list, images: ImageSet, auc: bool,
                  ex: dict, ex_index: int) -> list[Row]:
@@ -756,43 +911,60 @@ class Evaluator:
       ex["baseline_name"] = best[0].method
     return rows
 
-  def sweep(self, key: str, values: Sequence[Any], images: ImageSet, *,
-            cases: Sequence[str]) -> dict:
-    """One sweep: {case: [{'value', 'summary': {metric: {...}}, 'seconds_per_image'}, ...]}
-    of the multi-code method at the case's default output."""
-    out: dict = {}
-    for name in cases:
-      case = CASES[name]
-      rows = []
-      pin = dict(self.cfg.sweep_overrides.get(name, {}))
-      if key == "iterations":
-        top = max(values)
-        step = math.gcd(*[int(v) for v in values]) or 1
-        run, settings, task, obs = self.run_case(
-            case, images, method="multi-code",
-            overrides={**pin, "iterations": top, "chunk": step}, snapshots=True)
-        post = default_post(task)
-        for v in values:
-          if v == 0:
-            continue
-          j = run.snapshot_iterations.index(v)
-          outs = np.stack([apply_post(post, task, r, o)
-                           for r, o in zip(run.snapshots[:, j], obs)])
-          per = measure(outs, images.clean, lpips_nets=self.cfg.lpips)
-          rows.append({"value": v, "summary": {k: summarize(x) for k, x in per.items()},
-                       "seconds_per_image": run.seconds_per_image * v / max(top, 1)})
-      else:
-        for v in values:
-          run, settings, task, obs = self.run_case(case, images, method="multi-code",
-                                                   overrides={**pin, key: v})
-          post = default_post(task)
-          outs = np.stack([apply_post(post, task, r, o) for r, o in zip(run.raw, obs)])
-          per = measure(outs, images.clean, lpips_nets=self.cfg.lpips)
-          rows.append({"value": v, "summary": {k: summarize(x) for k, x in per.items()},
-                       "seconds_per_image": run.seconds_per_image,
-                       "settings": settings.to_json()})
-      out[name] = rows
+  # ----- sweeps -------------------------------------------------------------------------------
+  def sweep_case(self, key: str, values: Sequence[Any], images: ImageSet, case: str
+                 ) -> list[dict]:
+    """One sweep on one case: [{'value', 'summary': {metric: {...}}, 'seconds_per_image',
+    'settings'?}, ...] of the multi-code method at the case's default output."""
+    out = []
+    jobs = self.sweep_jobs(key, values, images, case)
+    if key == "iterations":
+      run, prep = self.run(jobs[0])
+      post = default_post(prep.task)
+      top = max(values)
+      for v in values:
+        if v == 0:
+          continue
+        j = run.snapshot_iterations.index(v)
+        outs = np.stack([apply_post(post, prep.task, r, o)
+                         for r, o in zip(run.snapshots[:, j], prep.obs)])
+        per = measure(outs, images.clean, lpips_nets=self.cfg.lpips)
+        out.append({"value": v, "summary": {k: summarize(x) for k, x in per.items()},
+                    "seconds_per_image": run.seconds_per_image * v / max(top, 1)})
+      return out
+    for v, job in zip(values, jobs):
+      run, prep = self.run(job)
+      post = default_post(prep.task)
+      outs = np.stack([apply_post(post, prep.task, r, o) for r, o in zip(run.raw, prep.obs)])
+      per = measure(outs, images.clean, lpips_nets=self.cfg.lpips)
+      out.append({"value": v, "summary": {k: summarize(x) for k, x in per.items()},
+                  "seconds_per_image": run.seconds_per_image,
+                  "settings": prep.settings.to_json()})
     return out
+
+  def sweep_start(self, key: str, case: str) -> Any:
+    """The value of ``key`` the sweeps of ``case`` start from (``sweep_overrides``, else the
+    defaults with the configuration's ``overrides``)."""
+    pin = dict(self.cfg.sweep_overrides.get(case, {}))
+    if key in pin:
+      return pin[key]
+    settings, _, _ = run_settings(self.gen, self.model_name, CASES[case], method="multi-code",
+                                  overrides={**self.cfg.overrides, **pin}, seed=self.cfg.seed)
+    return setting_value(settings.to_json(), key)
+
+
+def setting_value(settings: Mapping[str, Any], key: str) -> Any:
+  """The value of a ``SETTING_KEYS`` key in ``pipeline.Settings.to_json()``."""
+  loss, opt = settings.get("loss", {}), settings.get("optimizer", {})
+  if key in ("lr",):
+    return opt.get("lr")
+  if key == "optimizer":
+    return opt.get("name")
+  if key == "perceptual_layer":
+    return ",".join(loss.get("perceptual_layers", ()))
+  if key in loss:
+    return loss[key]
+  return settings.get(key)
 
 
 def _is_dir(model: str) -> bool:
@@ -821,8 +993,11 @@ def environment() -> dict:
 
 
 def evaluate(config: Config, *, log: Callable[[str], Any] = lambda s: None,
-             command: str = "") -> Report:
-  """Run the table and the sweeps of ``config``; returns the ``Report``."""
+             command: str = "", on_stage: Callable[[Report], Any] | None = None) -> Report:
+  """Run the table and the sweeps of ``config``; returns the ``Report``. ``on_stage(report)``
+  after the table and after each sweep, with what is measured so far (to publish partial
+  results). With a ``time_budget``, a sweep case that would start after it is skipped (and
+  listed in ``Report.skipped``)."""
   t0 = time.perf_counter()
   ev = Evaluator(config, log=log)
   cfg = ev.cfg
@@ -840,31 +1015,72 @@ def evaluate(config: Config, *, log: Callable[[str], Any] = lambda s: None,
       sweep_images = images
     else:
       raise UserError("sweeps: sweep_samples is 0 and the table has no images")
+  sweep_sets = {k: sweep_images.subset(spec["samples"]) if spec.get("samples") else sweep_images
+                for k, spec in cfg.sweeps.items()}
   _, skipped = ev.methods()
   for s in skipped:
     log(f"skipped: {s}")
-  rows, curves, examples = [], {}, {}
-  if cfg.table:
-    log(f"table: {len(images)} image(s), cases {', '.join(cfg.cases)}")
-    rows, curves, examples = ev.table(images)
-  sweeps = {}
-  for key, spec in cfg.sweeps.items():
-    imgs = sweep_images.subset(spec["samples"]) if spec.get("samples") else sweep_images
-    log(f"sweep {key} = {spec['values']} on {len(imgs)} image(s), cases "
-        f"{', '.join(spec['cases'])}")
-    sweeps[key] = ev.sweep(key, spec["values"], imgs, cases=spec["cases"])
+  jobs = [j for c in (cfg.cases if cfg.table else []) for j in ev.table_jobs(images, c)]
+  jobs += [j for k, spec in cfg.sweeps.items() for c in spec["cases"]
+           for j in ev.sweep_jobs(k, spec["values"], sweep_sets[k], c)]
+  ev.compile_ahead(jobs)
+  rows: list[Row] = []
+  curves, examples, sweeps, starts, timing = {}, {}, {}, {}, {}
   describe = lambda s: None if s is None else {"n": len(s), "names": s.names,
                                                "sources": s.sources}
-  return Report(config=cfg.to_json(), model={"label": ev.label, "family": ev.gen.family,
-                                             "resolution": res, "name": ev.model_name},
-                images=describe(images), sweep_images=describe(sweep_images), rows=rows,
-                sweeps=sweeps, curves=curves, examples=examples, environment=environment(),
-                skipped=skipped, seconds=time.perf_counter() - t0, command=command)
+
+  env = {**environment(), "compile_workers": cfg.workers()}
+
+  def report(partial: bool = True) -> Report:
+    timing.update(total=time.perf_counter() - t0, compile=ev.compile_seconds)
+    return Report(config=cfg.to_json(), model={"label": ev.label, "family": ev.gen.family,
+                                               "resolution": res, "name": ev.model_name},
+                  images=describe(images), sweep_images=describe(sweep_images), rows=list(rows),
+                  sweeps={k: dict(v) for k, v in sweeps.items() if v}, curves=dict(curves),
+                  examples=dict(examples), environment=env, skipped=list(skipped),
+                  seconds=time.perf_counter() - t0, command=command, timing=dict(timing),
+                  sweep_starts={k: dict(v) for k, v in starts.items()}, partial=partial)
+
+  try:
+    if cfg.table:
+      t = time.perf_counter()
+      log(f"table: {len(images)} image(s), cases {', '.join(cfg.cases)}")
+      for i, name in enumerate(cfg.cases):
+        log(f"[{i + 1}/{len(cfg.cases)}] {CASES[name].title}")
+        r, curve, ex = ev.table_case(name, images, i)
+        rows += r
+        examples[name] = ex
+        if curve is not None:
+          curves[name] = curve
+      timing["table"] = time.perf_counter() - t
+      if on_stage is not None:
+        on_stage(report())
+    for key, spec in cfg.sweeps.items():
+      t = time.perf_counter()
+      imgs = sweep_sets[key]
+      log(f"sweep {key} = {spec['values']} on {len(imgs)} image(s), cases "
+          f"{', '.join(spec['cases'])}")
+      sweeps[key], starts[key] = {}, {}
+      for case in spec["cases"]:
+        if cfg.time_budget and time.perf_counter() - t0 > cfg.time_budget:
+          skipped.append(f"sweep {key} on {case}: not run, the time budget "
+                         f"({cfg.time_budget:g} s) was spent")
+          log(f"  {key} on {case}: skipped (time budget)")
+          continue
+        sweeps[key][case] = ev.sweep_case(key, spec["values"], imgs, case)
+        starts[key][case] = ev.sweep_start(key, case)
+      timing[f"sweep {key}"] = time.perf_counter() - t
+      if on_stage is not None:
+        on_stage(report())
+  finally:
+    ev.close()
+  return report(partial=False)
 
 
 __all__ = ["Case", "CASES", "MASK_KINDS", "POSTS", "SETTING_KEYS", "SWEEP_KEYS", "LPIPS_NETS",
-           "GAN_METHODS", "EXAMPLE_SEEDS", "METRIC_KEYS", "make_mask", "case_task", "posts_of",
-           "default_post", "apply_post", "ImageSet", "check_seeds", "prior_samples",
-           "photo_set", "observations", "Config", "load_config", "run_settings", "Run",
-           "invert", "measure", "summarize", "Row", "Report", "Evaluator", "evaluate",
+           "LPIPS_BATCH", "GAN_METHODS", "EXAMPLE_SEEDS", "METRIC_KEYS", "make_mask", "case_task",
+           "posts_of", "default_post", "apply_post", "ImageSet", "check_seeds", "prior_samples",
+           "photo_set", "observations", "Config", "load_config", "run_settings", "Run", "Job",
+           "Prepared", "build_inverter", "execute", "load_run", "save_run", "measure",
+           "summarize", "Row", "Report", "Evaluator", "setting_value", "evaluate",
            "environment"]

@@ -188,42 +188,171 @@ def sweep_table(key: str, sweep: Mapping[str, Sequence[Mapping[str, Any]]], *,
   return "\n".join(lines)
 
 
-def findings(report: Report) -> list[str]:
-  """Plain sentences computed from the numbers (wins and losses alike)."""
-  out = []
-  srows = summary_rows(report)
-  rec = next((d for d in srows if d["case"] == "reconstruct"), None)
-  if rec and "d_psnr_single" in rec:
-    out.append(f"Reconstruction: multi-code beats the best single code by "
-               f"{rec['d_psnr_single']:+.2f} dB PSNR on average ({rec['multi'].mean('psnr'):.2f} "
-               f"vs {rec['single'].mean('psnr'):.2f} dB, {rec['single'].method}).")
-  for d in srows:
-    if d["case"] == "reconstruct" or "d_psnr" not in d:
-      continue
-    verdict = "beats" if d["d_psnr"] > 0 else "loses to"
-    txt = (f"{d['title'][0].upper() + d['title'][1:]}: the default multi-code output "
-           f"({d['multi'].post}) {verdict} the best baseline on PSNR "
-           f"({d['baseline'].label}: {d['d_psnr']:+.2f} dB, better on {d['wins_psnr']} of "
-           f"{d['n']} images)")
+def _cap(text: str) -> str:
+  return text[:1].upper() + text[1:]
+
+
+def _listing(parts: Sequence[str]) -> str:
+  return "; ".join(parts) if parts else "no case"
+
+
+def comparisons(report: Report) -> dict[str, list[str]]:
+  """Per-case comparisons of the default multi-code output, as phrases: {'single_better',
+  'single_worse', 'psnr_better', 'psnr_worse', 'lpips_better', 'lpips_worse'} (PSNR against
+  the best single code; PSNR / LPIPS against the best classical baseline by that metric)."""
+  out: dict[str, list[str]] = {k: [] for k in ("single_better", "single_worse", "psnr_better",
+                                               "psnr_worse", "lpips_better", "lpips_worse")}
+  for d in summary_rows(report):
+    title, n = d["title"], d["n"]
+    if "d_psnr_single" in d:
+      key = "single_better" if d["d_psnr_single"] > 0 else "single_worse"
+      out[key].append(f"{title} ({d['d_psnr_single']:+.2f} dB vs {d['single'].method})")
+    if "d_psnr" in d:
+      key = "psnr_better" if d["d_psnr"] > 0 else "psnr_worse"
+      out[key].append(f"{title} ({d['d_psnr']:+.2f} dB vs {d['baseline'].label}, better on "
+                      f"{d['wins_psnr']}/{n} images)")
     if "d_lpips" in d:
-      v2 = "better" if d["d_lpips"] < 0 else "worse"
-      txt += (f"; on {METRICS[d['lpips']][0]} it is {v2} than {d['baseline_lpips'].label} "
-              f"({d['d_lpips']:+.3f}, better on {d['wins_lpips']} of {d['n']})")
-    out.append(txt + ".")
+      key = "lpips_better" if d["d_lpips"] < 0 else "lpips_worse"
+      out[key].append(f"{title} ({d['d_lpips']:+.3f} vs {d['baseline_lpips'].label}, better on "
+                      f"{d['wins_lpips']}/{n} images)")
+  return out
+
+
+def output_options(report: Report) -> list[dict]:
+  """Per case and output option (paste, back-project) of the multi-code runs: the mean
+  differences to the raw output and what the numbers support ('on', 'off' or 'mixed')."""
   rows = _rows(report)
+  lp = _first_lpips(report)
+  out = []
   for case in report.config["cases"]:
     cr = [r for r in rows if r.case == case and r.kind == "gan" and r.method == "multi-code"]
     raw = next((r for r in cr if r.post == "raw"), None)
     for r in cr:
-      if r.post in ("paste", "back-project") and raw is not None:
-        dp = r.mean("psnr") - raw.mean("psnr")
-        extra = ""
-        lp = next((m for m in ("lpips_alex", "lpips_vgg") if r.per_image.get(m)), None)
-        if lp:
-          extra = f", {METRICS[lp][0]} {r.mean(lp) - raw.mean(lp):+.3f}"
-        out.append(f"{CASES[case].title[0].upper() + CASES[case].title[1:]}: {r.post} vs the "
-                   f"raw output: {dp:+.2f} dB PSNR{extra}.")
+      if raw is None or r.post not in ("paste", "back-project"):
+        continue
+      dp = _mean_diff(r, raw, "psnr")
+      dl = _mean_diff(r, raw, lp) if lp and r.per_image.get(lp) else None
+      if dp > 0 and (dl is None or dl <= 0):
+        support = "on"
+      elif dp < 0 and (dl is None or dl >= 0):
+        support = "off"
+      else:
+        support = "mixed"
+      out.append({"case": case, "option": r.post, "d_psnr": dp, "d_lpips": dl,
+                  "lpips": lp, "support": support, "default": bool(r.default),
+                  "n": len(r.per_image["psnr"])})
   return out
+
+
+def _mean_diff(a: Row, b: Row, metric: str) -> float:
+  x, y = np.asarray(a.per_image[metric], float), np.asarray(b.per_image[metric], float)
+  if metric == "psnr":
+    x, y = np.minimum(x, 100), np.minimum(y, 100)
+  return float(np.mean(x - y))
+
+
+def _first_lpips(report: Report) -> str | None:
+  return next((f"lpips_{n}" for n in report.config.get("lpips", []) if n), None)
+
+
+def sweep_choices(report: Report, *, tolerance: float = 0.2) -> list[dict]:
+  """Per sweep and case: the value the sweep started from, the best value by PSNR and by
+  LPIPS (first net) with their differences to the start, and the smallest value within
+  ``tolerance`` dB of the best PSNR (where smaller is cheaper: codes, iterations, layer)."""
+  lp = _first_lpips(report)
+  out = []
+  for key, sweep in report.sweeps.items():
+    for case, rows in sweep.items():
+      if not rows:
+        continue
+      start = (report.sweep_starts.get(key) or {}).get(case)
+      ps = {r["value"]: r["summary"]["psnr"]["mean"] for r in rows}
+      ls = {r["value"]: r["summary"][lp]["mean"] for r in rows if lp and lp in r["summary"]}
+      best_p = max(ps, key=ps.get)
+      d: dict[str, Any] = {"key": key, "case": case, "start": start, "best_psnr": best_p,
+                           "psnr": ps, "lpips": ls, "lpips_name": lp}
+      if start in ps:
+        d["d_psnr"] = ps[best_p] - ps[start]
+      if ls:
+        best_l = min(ls, key=ls.get)
+        d["best_lpips"] = best_l
+        if start in ls:
+          d["d_lpips"] = ls[best_l] - ls[start]
+      if key in ("codes", "iterations", "layer"):
+        d["enough"] = min(v for v in ps if ps[v] >= ps[best_p] - tolerance)
+      out.append(d)
+  return out
+
+
+def findings(report: Report) -> list[str]:
+  """Plain sentences computed from the numbers (wins and losses alike)."""
+  out = []
+  c = comparisons(report)
+  n = report.images["n"] if report.images else 0
+  if c["single_better"] or c["single_worse"]:
+    out.append(f"Multi-code against the best single code (mean PSNR over the {n} images): "
+               f"better for {_listing(c['single_better'])}; worse for "
+               f"{_listing(c['single_worse'])}.")
+  if c["psnr_better"] or c["psnr_worse"]:
+    out.append("The default prior (multi-code, default output) against the best classical "
+               f"baseline on PSNR: better for {_listing(c['psnr_better'])}; not better for "
+               f"{_listing(c['psnr_worse'])}.")
+  lp = _first_lpips(report)
+  if c["lpips_better"] or c["lpips_worse"]:
+    out.append(f"On {METRICS[lp][0]} (lower is better): better for "
+               f"{_listing(c['lpips_better'])}; not better for {_listing(c['lpips_worse'])}.")
+  for o in output_options(report):
+    extra = (f", {METRICS[o['lpips']][0]} {o['d_lpips']:+.3f}" if o["d_lpips"] is not None
+             else "")
+    out.append(f"{_cap(CASES[o['case']].title)}: {o['option']} against the raw output "
+               f"{o['d_psnr']:+.2f} dB PSNR{extra}: the numbers support {o['support']} (the "
+               f"default is {'on' if o['default'] else 'off'}).")
+  for d in sweep_choices(report):
+    title = CASES[d["case"]].title
+    txt = f"Sweep {d['key']}, {title}: best PSNR at {d['best_psnr']}"
+    if d["best_psnr"] == d["start"]:
+      txt += " (where the sweep started)"
+    elif "d_psnr" in d:
+      txt += f" ({d['d_psnr']:+.2f} dB over {d['start']}, where the sweep started)"
+    if "best_lpips" in d:
+      txt += f", best {METRICS[d['lpips_name']][0]} at {d['best_lpips']}"
+    if "enough" in d and d["enough"] != d["best_psnr"]:
+      txt += f"; from {d['enough']} on within 0.2 dB of the best"
+    out.append(txt + ".")
+  return out
+
+
+def recommendations(report: Report) -> str:
+  """Markdown: the settings and output options the measurements support, against the current
+  defaults (a proposal to check, computed; mgan_jax/defaults.py is edited by hand)."""
+  lines = []
+  choices = sweep_choices(report)
+  if choices:
+    lp = choices[0]["lpips_name"]
+    lt = METRICS[lp][0] if lp else "LPIPS"
+    held = ("the sweep images, held out from the table's" if report.config.get("sweep_samples")
+            else "the table's images")
+    lines += [f"Settings (on {held}):", "",
+              f"| case | setting | sweep start | best PSNR at | Δ PSNR | best {lt} at | Δ {lt} | "
+              "within 0.2 dB of the best from |", "|" + "---|" * 8]
+    for d in choices:
+      lines.append("| " + " | ".join([
+          CASES[d["case"]].title, d["key"], str(d["start"]), str(d["best_psnr"]),
+          f"{d['d_psnr']:+.2f} dB" if "d_psnr" in d else "–", str(d.get("best_lpips", "–")),
+          f"{d['d_lpips']:+.3f}" if "d_lpips" in d else "–", str(d.get("enough", "–"))]) + " |")
+    lines.append("")
+  opts = output_options(report)
+  if opts:
+    lines += ["Output options (the table's images; the option does not change the "
+              "optimisation, only which of its outputs is written):", "",
+              "| case | option | Δ PSNR vs raw | Δ LPIPS vs raw | the numbers support "
+              "| default |", "|---|---|---|---|---|---|"]
+    for o in opts:
+      lines.append(f"| {CASES[o['case']].title} | {o['option']} | {o['d_psnr']:+.2f} dB | "
+                   + (f"{o['d_lpips']:+.3f}" if o["d_lpips"] is not None else "–")
+                   + f" | {o['support']} | {'on' if o['default'] else 'off'} |")
+    lines.append("")
+  return "\n".join(lines)
 
 
 def to_csv(report: Report) -> str:
@@ -269,7 +398,9 @@ def to_json(report: Report) -> dict:
           "summary": [{k: (v.to_json()["summary"] | {"label": v.label} if isinstance(v, Row)
                            else v) for k, v in d.items()} for d in summary_rows(report)],
           "rows": [r.to_json() for r in _rows(report)], "sweeps": report.sweeps,
-          "curves": report.curves}
+          "sweep_starts": report.sweep_starts, "sweep_choices": sweep_choices(report),
+          "output_options": output_options(report), "curves": report.curves,
+          "timing": report.timing, "partial": report.partial}
 
 
 def _image_sets(report: Report) -> list[str]:
@@ -308,7 +439,7 @@ def markdown(report: Report, *, figures: Mapping[str, str] | None = None,
            f"{report.model['resolution']}×{report.model['resolution']})",
            *[f"- images, {s}" for s in _image_sets(report)],
            f"- machine: {env.get('device')}, {env.get('cpu_count')} CPU(s), "
-           f"{env.get('platform')}; jax {env.get('jax')}; total {report.seconds / 60:.1f} min",
+           f"{env.get('platform')}; jax {env.get('jax')}; {_timing(report)}",
            "- metrics on the 8-bit outputs against the clean image: PSNR and SSIM (higher is "
            "better), LPIPS v0.1 with the "
            + " and ".join({"lpips_alex": "AlexNet", "lpips_vgg": "VGG16"}[m] for m in lp)
@@ -320,10 +451,18 @@ def markdown(report: Report, *, figures: Mapping[str, str] | None = None,
            "`back-project` = the data-consistent correction (`D(result)` equals the "
            "observation); `(default)` marks what `python -m mgan_jax.invert` writes by "
            "default.", ""]
+  if report.partial:
+    lines[2:2] = ["> **Partial results**: written while the evaluation was still running (after "
+                  + ", ".join(k for k in report.timing if k not in ("total", "compile"))
+                  + "); the finished run replaces this file.", ""]
   if report.skipped:
     lines += [f"- skipped: {s}" for s in report.skipped] + [""]
+  found = findings(report)
+  if found:
+    lines += ["## Findings", "",
+              "Computed from the tables below (means over the images; Δ = the first minus the "
+              "second).", ""] + [f"- {s}" for s in found] + [""]
   if report.rows:
-    lines += ["## Findings", ""] + [f"- {s}" for s in findings(report)] + [""]
     lines += ["## Summary", "",
               "Per case: the default multi-code output, the best single code, and the best "
               "classical baseline by PSNR and by LPIPS; Δ = multi-code minus baseline (mean "
@@ -347,7 +486,7 @@ def markdown(report: Report, *, figures: Mapping[str, str] | None = None,
                   for c, o in pins.items()) if pins else "") + ".", ""]
     for key, sweep in report.sweeps.items():
       lines += [f"### {key}", ""]
-      n_sw = (cfg["sweeps"].get(key) or {}).get("samples")
+      n_sw = ((cfg.get("sweeps") or {}).get(key) or {}).get("samples")
       if n_sw:
         lines += [f"On the first {n_sw} of the sweep images.", ""]
       if key == "iterations":
@@ -357,7 +496,27 @@ def markdown(report: Report, *, figures: Mapping[str, str] | None = None,
       lines += [sweep_table(key, sweep, lpips=lp[0] if lp else None), ""]
       if f"sweep_{key}" in figures:
         lines += [f"![sweep {key}]({figures[f'sweep_{key}']})", ""]
+  rec = recommendations(report)
+  if rec:
+    lines += ["## Defaults the numbers support", "",
+              "Computed from the measurements above, against the defaults they were measured "
+              "with; `mgan_jax/defaults.py` holds the defaults and is changed by hand from "
+              "these tables.", "", rec]
   return "\n".join(lines)
+
+
+def _timing(report: Report) -> str:
+  t = report.timing or {}
+  parts = [f"total {report.seconds / 60:.1f} min"]
+  stages = [f"{k} {v:.0f} s" for k, v in t.items() if k not in ("total", "compile")]
+  if stages:
+    parts.append(", ".join(stages))
+  if t.get("compile"):
+    workers = report.environment.get("compile_workers")
+    parts.append(f"compiling {t['compile']:.0f} s"
+                 + (" (in the main thread)" if workers == 0 else
+                    ", overlapped with the runs by the compile threads"))
+  return "; ".join(parts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -500,9 +659,74 @@ def write_figures(report: Report, out: Path) -> dict[str, Path]:
   return made
 
 
+# ----------------------------------------------------------------------------------------------
+# The README's generated section.
+# ----------------------------------------------------------------------------------------------
+README_BEGIN = "<!-- evaluate:results:begin (generated by python -m mgan_jax.evaluate --readme) -->"
+README_END = "<!-- evaluate:results:end -->"
+
+
+def _readme_parts(text: str, path: Any) -> tuple[str, str]:
+  if text.count(README_BEGIN) != 1 or text.count(README_END) != 1 or \
+      text.index(README_BEGIN) > text.index(README_END):
+    raise UserError(f"--readme {path}: expected one {README_BEGIN!r} line followed by one "
+                    f"{README_END!r} line")
+  head, rest = text.split(README_BEGIN)
+  return head, rest.split(README_END)[1]
+
+
+def check_readme(path: str | os.PathLike) -> None:
+  """UserError (one line naming the file) unless ``path`` has the generated section's markers
+  (``README_BEGIN``, then ``README_END``)."""
+  try:
+    text = Path(path).read_text(encoding="utf-8")
+  except OSError as e:
+    raise UserError(f"--readme {path}: {e.strerror or e}") from None
+  _readme_parts(text, path)
+
+
+def readme_section(report: Report, *, figure: str | None, report_link: str | None) -> str:
+  """The README's results paragraph: where the default prior beats the classical baselines and
+  where it does not, and multi-code against single codes, computed from the numbers; the main
+  figure (``figure``) and a link to the full report, relative to the README."""
+  c = comparisons(report)
+  lp = _first_lpips(report)
+  env = report.environment
+  n = report.images["n"] if report.images else 0
+  where = f" ([full report]({report_link}))" if report_link else ""
+  lines = [f"Measured by `{report.command or 'python -m mgan_jax.evaluate'}` on {n} held-out "
+           f"images ({'; '.join(_image_sets(report)[:1])}) with the CLI's defaults for "
+           f"`{report.model['label']}`, on {env.get('device')}{where}. Means over the images; "
+           "the classical baseline is the best one of each task on that metric.", ""]
+  if figure:
+    lines += [f"![multi-code, single code and the best classical baseline per task]({figure})",
+              ""]
+  lines += [f"* **Where the default prior beats the classical baselines** (PSNR): "
+            f"{_listing(c['psnr_better'])}.",
+            f"* **Where it does not** (PSNR): {_listing(c['psnr_worse'])}."]
+  if lp:
+    lines += [f"* **{METRICS[lp][0]}** (lower is better): better for "
+              f"{_listing(c['lpips_better'])}; not better for {_listing(c['lpips_worse'])}."]
+  if c["single_better"] or c["single_worse"]:
+    lines += [f"* **Multi-code against the best single code** (PSNR): better for "
+              f"{_listing(c['single_better'])}; worse for {_listing(c['single_worse'])}."]
+  return "\n".join(lines)
+
+
+def update_readme(path: str | os.PathLike, section: str) -> Path:
+  """Replace the generated section of ``path`` (between the markers) with ``section``."""
+  p = Path(path)
+  head, tail = _readme_parts(p.read_text(encoding="utf-8"), path)
+  text = head + README_BEGIN + "\n" + section.strip() + "\n" + README_END + tail
+  fileio.write_bytes(p, text.encode("utf-8"), replace=True)
+  return p
+
+
 def write_outputs(report: Report, *, out: str | os.PathLike, report_path: str | os.PathLike
-                  | None = None, plots: bool = True, title: str | None = None) -> list[Path]:
-  """Write the tables, the JSON, the figures and (``report_path``) the markdown report."""
+                  | None = None, plots: bool = True, title: str | None = None,
+                  readme: str | os.PathLike | None = None) -> list[Path]:
+  """Write the tables, the JSON, the figures, (``report_path``) the markdown report and
+  (``readme``) the README's generated section."""
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
   figs = write_figures(report, out) if plots else {}
@@ -527,10 +751,19 @@ def write_outputs(report: Report, *, out: str | os.PathLike, report_path: str | 
                          for n in texts if n != "results.md") + ".\n")
     fileio.write_bytes(rp, body.encode(), replace=True)
     written.append(rp)
+  if readme is not None:
+    base = Path(readme).parent
+    link = Path(report_path) if report_path is not None else out / "results.md"
+    fig = figs.get("summary")
+    section = readme_section(report, figure=os.path.relpath(fig, base) if fig else None,
+                             report_link=os.path.relpath(link, base))
+    written.append(update_readme(readme, section))
   return written
 
 
-__all__ = ["METRICS", "require_matplotlib", "case_table", "best_baseline", "default_gan",
-           "summary_rows", "summary_table", "sweep_table", "findings", "to_csv", "sweeps_csv",
-           "to_json", "markdown", "plot_summary", "plot_examples", "plot_curves", "plot_sweep",
-           "write_figures", "write_outputs"]
+__all__ = ["METRICS", "README_BEGIN", "README_END", "require_matplotlib", "case_table",
+           "best_baseline", "default_gan", "summary_rows", "summary_table", "sweep_table",
+           "comparisons", "output_options", "sweep_choices", "findings", "recommendations",
+           "to_csv", "sweeps_csv", "to_json", "markdown", "plot_summary", "plot_examples",
+           "plot_curves", "plot_sweep", "write_figures", "check_readme", "readme_section",
+           "update_readme", "write_outputs"]

@@ -5,19 +5,23 @@ every inversion from the run cache, and bad configurations are one error line.""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from mgan_jax import assets, baselines, evaluate, evaluation, imageio, metrics, tasks
+from mgan_jax import (assets, baselines, evaluate, evaluation, evaluation_report, imageio,
+                      metrics, tasks)
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
   out = tmp_path_factory.mktemp("quick")
+  (out / "README.md").write_text(f"# title\n\n{evaluation_report.README_BEGIN}\nold text\n"
+                                 f"{evaluation_report.README_END}\n\n## after\n")
   argv = ["--quick", "--out", str(out / "res"), "--cache", str(out / "cache"),
-          "--report", str(out / "REPORT.md"), "--quiet"]
+          "--report", str(out / "REPORT.md"), "--readme", str(out / "README.md"), "--quiet"]
   assert evaluate.main(argv) == 0
   return out, argv
 
@@ -49,10 +53,21 @@ def test_quick_tables_csv_json_agree(quick):
       assert float(line[f"{m}_mean"]) == pytest.approx(np.mean(per[m]), rel=1e-5)
       assert r["summary"][m]["mean"] == pytest.approx(np.mean(per[m]), rel=1e-9)
     assert f"{np.mean(per['psnr']):.2f} ± {np.std(per['psnr']):.2f}" in md
-  # the report: the exact command at the top, figures linked relative to it
+  # the report: the exact command at the top, figures linked relative to it, findings and
+  # the defaults the numbers support computed from the tables
   report = (out / "REPORT.md").read_text()
   assert data["command"] in report.split("## Findings")[0]
-  assert "](res/summary.png)" in report
+  assert "](res/summary.png)" in report and "Partial results" not in report
+  mc = rows[("sr4", "multi-code", "back-project")]
+  raw = rows[("sr4", "multi-code", "raw")]
+  d = np.mean(mc["per_image"]["psnr"]) - np.mean(raw["per_image"]["psnr"])
+  assert f"back-project against the raw output {d:+.2f} dB PSNR" in report
+  assert "## Defaults the numbers support" in report
+  # the README's generated section: between the markers, the rest of the file kept
+  readme = (out / "README.md").read_text()
+  assert readme.startswith("# title\n") and readme.endswith("\n## after\n")
+  assert "old text" not in readme and "(res/summary.png)" in readme
+  assert "**Where the default prior beats the classical baselines** (PSNR)" in readme
   # the sweeps: one row per value and case
   sw = data["sweeps"]
   assert [r["value"] for r in sw["layer"]["sr4"]] == [1, 2]
@@ -103,6 +118,19 @@ def test_quick_rerun_reads_the_cache(quick, capsys):
   assert after == before
 
 
+def test_time_budget_skips_the_sweeps_and_says_so(quick, tmp_path):
+  out, argv = quick
+  res = tmp_path / "budget"
+  assert evaluate.main(["--quick", "--out", str(res), "--cache", str(out / "cache"),
+                        "--time-budget", "0.001", "--no-plots", "--quiet"]) == 0
+  data = json.loads((res / "results.json").read_text())
+  assert data["sweeps"] == {} and data["rows"] and not data["partial"]
+  assert [s.split(":")[0] for s in data["skipped"][-2:]] == ["sweep layer on sr4",
+                                                             "sweep codes on sr4"]
+  assert "- skipped: sweep layer on sr4: not run, the time budget" in (
+      res / "results.md").read_text()
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["--cases", "deblur"], "cases: unknown case 'deblur'"),
     (["--sweep", "depth=1,2"], "sweeps: unknown key 'depth'"),
@@ -110,6 +138,7 @@ def test_quick_rerun_reads_the_cache(quick, capsys):
     (["--sample-seed", "9000", "--samples", "3"], "include 9001, a seed of the samples"),
     (["--config", "{bad}"], "unknown key 'sampels'"),
     (["--sweep", "layer"], "--sweep: expected KEY=VALUE"),
+    (["--readme", "{bad}"], "bad.json: expected one '<!-- evaluate:results:begin"),
 ])
 def test_bad_configuration_is_one_error_line(tmp_path, capsys, argv, expected):
   bad = tmp_path / "bad.json"
@@ -128,3 +157,61 @@ def test_sweep_samples_take_the_first_sweep_images():
   assert cfg.sweeps["codes"]["samples"] is None
   with pytest.raises(evaluation.UserError, match=r"sweeps.layer.samples: expected an integer"):
     evaluation.Config(sweeps={"layer": {"values": [1], "samples": 0}}).check()
+
+
+def _synthetic_report() -> evaluation.Report:
+  R = evaluation.Row
+  rows = [
+      R("sr4", "multi-code", "raw", "gan", {"psnr": [29, 30], "lpips_alex": [0.2, 0.2]}, 1.0,
+        default=False),
+      R("sr4", "multi-code", "back-project", "gan", {"psnr": [30, 32], "lpips_alex": [0.1, 0.1]},
+        1.0),
+      R("sr4", "z", "back-project", "gan", {"psnr": [25, 26], "lpips_alex": [0.3, 0.3]}, 1.0),
+      R("sr4", "bicubic", "raw", "baseline", {"psnr": [28, 29], "lpips_alex": [0.2, 0.2]}, 0.0),
+      R("inpaint-centre", "multi-code", "raw", "gan", {"psnr": [20, 21],
+                                                       "lpips_alex": [0.3, 0.3]}, 1.0),
+      R("inpaint-centre", "z", "raw", "gan", {"psnr": [18, 18], "lpips_alex": [0.4, 0.4]}, 1.0),
+      R("inpaint-centre", "harmonic", "raw", "baseline", {"psnr": [24, 25],
+                                                          "lpips_alex": [0.25, 0.2]}, 0.0),
+  ]
+  point = lambda v, p: {"value": v, "summary": {"psnr": {"mean": p}, "lpips_alex": {"mean": 0.1}},
+                        "seconds_per_image": 1.0}
+  return evaluation.Report(
+      config={"cases": ["sr4", "inpaint-centre"], "lpips": ["alex"], "sweep_samples": 8},
+      model={"label": "m", "family": "dcgan", "resolution": 64, "name": "m"},
+      images={"n": 2, "names": ["a", "b"], "sources": [{"kind": "prior sample", "seed": 1},
+                                                       {"kind": "prior sample", "seed": 2}]},
+      sweep_images=None, rows=rows,
+      sweeps={"codes": {"sr4": [point(1, 25.0), point(5, 27.9), point(20, 28.0)]}},
+      curves={}, examples={}, environment={"device": "cpu (cpu)"}, skipped=[], seconds=1.0,
+      command="python -m mgan_jax.evaluate", sweep_starts={"codes": {"sr4": 20}})
+
+
+def test_findings_and_readme_section_follow_the_numbers():
+  """Wins and losses against the baselines and single codes, the output options and the sweep
+  choices are computed from the rows (no GAN-favouring wording)."""
+  rep = _synthetic_report()
+  c = evaluation_report.comparisons(rep)
+  assert c["psnr_better"] == ["super-resolution x4 (+2.50 dB vs bicubic, better on 2/2 images)"]
+  assert c["psnr_worse"] == ["inpainting, centre box (25 %) (-4.00 dB vs harmonic, better on 0/2 "
+                             "images)"]
+  assert c["lpips_better"][0].startswith("super-resolution x4 (-0.100 vs bicubic")
+  assert c["lpips_worse"][0].startswith("inpainting, centre box (25 %) (+0.075 vs harmonic")
+  assert c["single_better"] == ["super-resolution x4 (+5.50 dB vs z)",
+                                "inpainting, centre box (25 %) (+2.50 dB vs z)"]
+  (opt,) = evaluation_report.output_options(rep)
+  assert (opt["option"], opt["support"], opt["default"]) == ("back-project", "on", True)
+  assert opt["d_psnr"] == pytest.approx(1.5) and opt["d_lpips"] == pytest.approx(-0.1)
+  (choice,) = evaluation_report.sweep_choices(rep)
+  assert (choice["best_psnr"], choice["start"], choice["enough"]) == (20, 20, 5)
+  text = "\n".join(evaluation_report.findings(rep))
+  assert "Sweep codes, super-resolution x4: best PSNR at 20 (where the sweep started)" in text
+  assert "from 5 on within 0.2 dB of the best" in text
+  section = evaluation_report.readme_section(rep, figure="docs/s.png", report_link="R.md")
+  beats, does_not = [ln for ln in section.splitlines() if ln.startswith("* **Where")]
+  assert "super-resolution x4 (+2.50 dB" in beats and "inpainting" not in beats
+  assert "inpainting, centre box (25 %) (-4.00 dB vs harmonic" in does_not
+  assert "per task](docs/s.png)" in section
+  md = evaluation_report.markdown(dataclasses.replace(rep, partial=True,
+                                                      timing={"table": 3.0}))
+  assert "**Partial results**" in md and "(after table)" in md
