@@ -88,6 +88,8 @@ SWEEP_KEYS = tuple(k for k in SETTING_KEYS if k not in ("chunk", "optimizer", "a
 LPIPS_NETS = ("alex", "vgg")
 #: image pairs per LPIPS call (measure pads to a multiple)
 LPIPS_BATCH = 16
+#: jobs compiled ahead of the running one, per compile thread
+AHEAD_PER_WORKER = 2
 GAN_METHODS = ("multi-code", "z", "w", "w+")
 
 
@@ -297,7 +299,7 @@ class Config:
   this file (between ``evaluation_report.README_BEGIN`` / ``README_END``); plots: draw the
   figures (needs matplotlib); compile_workers: threads compiling the next runs' programs while
   one runs (None = one per core but one, at most 8; 0 = none); time_budget: seconds after which
-  no further sweep case starts (0 = no limit; the table always runs).
+  no further sweep run starts (0 = no limit; the table always runs).
   """
   model: str | None = None
   samples: int = 32
@@ -524,10 +526,11 @@ class Prepared:
 
   def describe(self) -> str:
     s = self.settings
-    shown = ("chunk", "codes", "layer", "iterations")
     return (f"{self.job.case} {self.job.method}"
             + (f" N={s.codes} layer {s.layer}" if s.layer else "") + f" {s.iterations} it"
-            + "".join(f" {k}={v}" for k, v in self.job.overrides.items() if k not in shown))
+            + (f" perceptual {s.loss.perceptual_weight:g}" if s.loss.perceptual_weight else "")
+            + "".join(f" {k}={v}" for k, v in self.job.overrides.items()
+                      if k not in ("chunk", "codes", "layer", "iterations", "perceptual_weight")))
 
 
 def _recording_inverter(base: type) -> type:
@@ -726,6 +729,7 @@ class Evaluator:
     self._obs: dict = {}
     self._prepared: dict = {}
     self._ahead: dict = {}
+    self._queue: list = []
     self._pool = None
     self.compile_seconds = 0.0
 
@@ -788,16 +792,30 @@ class Evaluator:
     return prep
 
   def compile_ahead(self, jobs: Sequence[Job]) -> None:
-    """Start compiling the programs of ``jobs`` that are not cached, in order, in
-    ``compile_workers`` threads (0: each job compiles when it runs)."""
+    """Queue the jobs that are not cached, in order, for the ``compile_workers`` threads
+    (0: each job compiles when it runs). At most ``AHEAD_PER_WORKER`` jobs per thread are
+    compiled ahead of the one running, so a run cut short by its time budget leaves little
+    compilation behind."""
     workers = self.cfg.workers()
     if not workers:
       return
     from concurrent.futures import ThreadPoolExecutor
     if self._pool is None:
       self._pool = ThreadPoolExecutor(workers, thread_name_prefix="mgan-compile")
+    queued = {p.key for p in self._queue}
     for job in jobs:
       prep = self.prepare(job)
+      if prep.key in queued or (prep.path is not None and prep.path.is_file()):
+        continue
+      queued.add(prep.key)
+      self._queue.append(prep)
+    self._refill()
+
+  def _refill(self) -> None:
+    if self._pool is None:
+      return
+    while self._queue and len(self._ahead) < AHEAD_PER_WORKER * self.cfg.workers():
+      prep = self._queue.pop(0)
       if prep.key in self._ahead or (prep.path is not None and prep.path.is_file()):
         continue
       self._ahead[prep.key] = self._pool.submit(
@@ -806,6 +824,7 @@ class Evaluator:
 
   def close(self) -> None:
     """Cancel the compilations no job will use (a time budget ran out)."""
+    self._queue.clear()
     if self._pool is not None:
       self._pool.shutdown(wait=False, cancel_futures=True)
       self._pool = None
@@ -819,6 +838,8 @@ class Evaluator:
       return load_run(prep.path, snapshots=job.snapshots), prep
     t0 = time.perf_counter()
     ahead = self._ahead.pop(prep.key, None)
+    self._queue = [p for p in self._queue if p.key != prep.key]
+    self._refill()
     if ahead is not None:
       inv, compile_s = ahead.result()
     else:
@@ -912,13 +933,16 @@ class Evaluator:
     return rows
 
   # ----- sweeps -------------------------------------------------------------------------------
-  def sweep_case(self, key: str, values: Sequence[Any], images: ImageSet, case: str
-                 ) -> list[dict]:
-    """One sweep on one case: [{'value', 'summary': {metric: {...}}, 'seconds_per_image',
-    'settings'?}, ...] of the multi-code method at the case's default output."""
+  def sweep_case(self, key: str, values: Sequence[Any], images: ImageSet, case: str, *,
+                 stop: Callable[[], bool] = lambda: False) -> tuple[list[dict], list]:
+    """One sweep on one case: ([{'value', 'summary': {metric: {...}}, 'seconds_per_image',
+    'settings'?}, ...] of the multi-code method at the case's default output, the values not
+    run because ``stop()`` was true before their run)."""
     out = []
     jobs = self.sweep_jobs(key, values, images, case)
     if key == "iterations":
+      if stop():
+        return [], list(values)
       run, prep = self.run(jobs[0])
       post = default_post(prep.task)
       top = max(values)
@@ -931,8 +955,10 @@ class Evaluator:
         per = measure(outs, images.clean, lpips_nets=self.cfg.lpips)
         out.append({"value": v, "summary": {k: summarize(x) for k, x in per.items()},
                     "seconds_per_image": run.seconds_per_image * v / max(top, 1)})
-      return out
-    for v, job in zip(values, jobs):
+      return out, []
+    for i, (v, job) in enumerate(zip(values, jobs)):
+      if stop():
+        return out, list(values[i:])
       run, prep = self.run(job)
       post = default_post(prep.task)
       outs = np.stack([apply_post(post, prep.task, r, o) for r, o in zip(run.raw, prep.obs)])
@@ -940,7 +966,7 @@ class Evaluator:
       out.append({"value": v, "summary": {k: summarize(x) for k, x in per.items()},
                   "seconds_per_image": run.seconds_per_image,
                   "settings": prep.settings.to_json()})
-    return out
+    return out, []
 
   def sweep_start(self, key: str, case: str) -> Any:
     """The value of ``key`` the sweeps of ``case`` start from (``sweep_overrides``, else the
@@ -989,14 +1015,15 @@ def environment() -> dict:
   return {"python": platform.python_version(), "jax": jax.__version__,
           "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
           "cpu_count": os.cpu_count(), "device": f"{dev.platform} ({dev.device_kind})",
-          "device_count": jax.device_count()}
+          "device_count": jax.device_count(),
+          "matmul_precision": jax.config.jax_default_matmul_precision or "default"}
 
 
 def evaluate(config: Config, *, log: Callable[[str], Any] = lambda s: None,
              command: str = "", on_stage: Callable[[Report], Any] | None = None) -> Report:
   """Run the table and the sweeps of ``config``; returns the ``Report``. ``on_stage(report)``
   after the table and after each sweep, with what is measured so far (to publish partial
-  results). With a ``time_budget``, a sweep case that would start after it is skipped (and
+  results). With a ``time_budget``, sweep runs that would start after it are skipped (and
   listed in ``Report.skipped``)."""
   t0 = time.perf_counter()
   ev = Evaluator(config, log=log)
@@ -1030,6 +1057,7 @@ def evaluate(config: Config, *, log: Callable[[str], Any] = lambda s: None,
                                                "sources": s.sources}
 
   env = {**environment(), "compile_workers": cfg.workers()}
+  spent = lambda: bool(cfg.time_budget) and time.perf_counter() - t0 > cfg.time_budget
 
   def report(partial: bool = True) -> Report:
     timing.update(total=time.perf_counter() - t0, compile=ev.compile_seconds)
@@ -1062,13 +1090,15 @@ def evaluate(config: Config, *, log: Callable[[str], Any] = lambda s: None,
           f"{', '.join(spec['cases'])}")
       sweeps[key], starts[key] = {}, {}
       for case in spec["cases"]:
-        if cfg.time_budget and time.perf_counter() - t0 > cfg.time_budget:
-          skipped.append(f"sweep {key} on {case}: not run, the time budget "
+        rows_, left = ev.sweep_case(key, spec["values"], imgs, case, stop=spent)
+        if left:
+          what = "not run" if not rows_ else ", ".join(map(str, left)) + " not run"
+          skipped.append(f"sweep {key} on {case}: {what}, the time budget "
                          f"({cfg.time_budget:g} s) was spent")
-          log(f"  {key} on {case}: skipped (time budget)")
-          continue
-        sweeps[key][case] = ev.sweep_case(key, spec["values"], imgs, case)
-        starts[key][case] = ev.sweep_start(key, case)
+          log(f"  {key} on {case}: {what} (time budget)")
+        if rows_:
+          sweeps[key][case] = rows_
+          starts[key][case] = ev.sweep_start(key, case)
       timing[f"sweep {key}"] = time.perf_counter() - t
       if on_stage is not None:
         on_stage(report())
@@ -1078,9 +1108,9 @@ def evaluate(config: Config, *, log: Callable[[str], Any] = lambda s: None,
 
 
 __all__ = ["Case", "CASES", "MASK_KINDS", "POSTS", "SETTING_KEYS", "SWEEP_KEYS", "LPIPS_NETS",
-           "LPIPS_BATCH", "GAN_METHODS", "EXAMPLE_SEEDS", "METRIC_KEYS", "make_mask", "case_task",
-           "posts_of", "default_post", "apply_post", "ImageSet", "check_seeds", "prior_samples",
-           "photo_set", "observations", "Config", "load_config", "run_settings", "Run", "Job",
-           "Prepared", "build_inverter", "execute", "load_run", "save_run", "measure",
-           "summarize", "Row", "Report", "Evaluator", "setting_value", "evaluate",
-           "environment"]
+           "LPIPS_BATCH", "AHEAD_PER_WORKER", "GAN_METHODS", "EXAMPLE_SEEDS", "METRIC_KEYS",
+           "make_mask", "case_task", "posts_of", "default_post", "apply_post", "ImageSet",
+           "check_seeds", "prior_samples", "photo_set", "observations", "Config", "load_config",
+           "run_settings", "Run", "Job", "Prepared", "build_inverter", "execute", "load_run",
+           "save_run", "measure", "summarize", "Row", "Report", "Evaluator", "setting_value",
+           "evaluate", "environment"]

@@ -170,14 +170,23 @@ def summary_table(report: Report) -> str:
 
 def sweep_table(key: str, sweep: Mapping[str, Sequence[Mapping[str, Any]]], *,
                 lpips: str | None) -> str:
+  """Markdown table of one sweep: a row per case, a column per value ('–' where a value was
+  not run)."""
   cases = list(sweep)
-  values = [row["value"] for row in sweep[cases[0]]] if cases else []
+  values = []
+  for c in cases:
+    values += [row["value"] for row in sweep[c] if row["value"] not in values]
   head = ["case", *[f"{key} = {v:g}" if isinstance(v, float) else f"{key} = {v}"
                     for v in values]]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for c in cases:
+    by_value = {row["value"]: row for row in sweep[c]}
     cells = [CASES[c].title]
-    for row in sweep[c]:
+    for v in values:
+      row = by_value.get(v)
+      if row is None:
+        cells.append("–")
+        continue
       s = row["summary"]
       txt = f"{s['psnr']['mean']:.2f} dB"
       if lpips and lpips in s:
@@ -304,12 +313,15 @@ def findings(report: Report) -> list[str]:
   for o in output_options(report):
     extra = (f", {METRICS[o['lpips']][0]} {o['d_lpips']:+.3f}" if o["d_lpips"] is not None
              else "")
+    verdict = {"on": "better on both: the numbers support it",
+               "off": "worse on both: the numbers support the raw output",
+               "mixed": "PSNR and LPIPS disagree"}[o["support"]]
     out.append(f"{_cap(CASES[o['case']].title)}: {o['option']} against the raw output "
-               f"{o['d_psnr']:+.2f} dB PSNR{extra}: the numbers support {o['support']} (the "
-               f"default is {'on' if o['default'] else 'off'}).")
+               f"{o['d_psnr']:+.2f} dB PSNR{extra}; {verdict} (the default is "
+               f"{'on' if o['default'] else 'off'}).")
   for d in sweep_choices(report):
     title = CASES[d["case"]].title
-    txt = f"Sweep {d['key']}, {title}: best PSNR at {d['best_psnr']}"
+    txt = f"Sweep {d['key']}, {title}: best PSNR at {d['key']} = {d['best_psnr']}"
     if d["best_psnr"] == d["start"]:
       txt += " (where the sweep started)"
     elif "d_psnr" in d:
@@ -439,7 +451,8 @@ def markdown(report: Report, *, figures: Mapping[str, str] | None = None,
            f"{report.model['resolution']}×{report.model['resolution']})",
            *[f"- images, {s}" for s in _image_sets(report)],
            f"- machine: {env.get('device')}, {env.get('cpu_count')} CPU(s), "
-           f"{env.get('platform')}; jax {env.get('jax')}; {_timing(report)}",
+           f"{env.get('platform')}; jax {env.get('jax')} (matmul precision "
+           f"{env.get('matmul_precision', 'default')}); {_timing(report)}",
            "- metrics on the 8-bit outputs against the clean image: PSNR and SSIM (higher is "
            "better), LPIPS v0.1 with the "
            + " and ".join({"lpips_alex": "AlexNet", "lpips_vgg": "VGG16"}[m] for m in lp)
@@ -694,10 +707,12 @@ def readme_section(report: Report, *, figure: str | None, report_link: str | Non
   env = report.environment
   n = report.images["n"] if report.images else 0
   where = f" ([full report]({report_link}))" if report_link else ""
-  lines = [f"Measured by `{report.command or 'python -m mgan_jax.evaluate'}` on {n} held-out "
-           f"images ({'; '.join(_image_sets(report)[:1])}) with the CLI's defaults for "
-           f"`{report.model['label']}`, on {env.get('device')}{where}. Means over the images; "
-           "the classical baseline is the best one of each task on that metric.", ""]
+  sets = _image_sets(report)
+  what = sets[0].split(": ", 1)[1] if sets and sets[0].startswith("table: ") else f"{n} images"
+  lines = [f"Measured by `{report.command or 'python -m mgan_jax.evaluate'}` on {what}, with "
+           f"the CLI's defaults for `{report.model['label']}`, on {env.get('device')}{where}. "
+           "Means over the images; against the best classical baseline of each task on that "
+           "metric.", ""]
   if figure:
     lines += [f"![multi-code, single code and the best classical baseline per task]({figure})",
               ""]

@@ -205,7 +205,8 @@ def test_findings_and_readme_section_follow_the_numbers():
   (choice,) = evaluation_report.sweep_choices(rep)
   assert (choice["best_psnr"], choice["start"], choice["enough"]) == (20, 20, 5)
   text = "\n".join(evaluation_report.findings(rep))
-  assert "Sweep codes, super-resolution x4: best PSNR at 20 (where the sweep started)" in text
+  assert ("Sweep codes, super-resolution x4: best PSNR at codes = 20 (where the sweep started)"
+          in text)
   assert "from 5 on within 0.2 dB of the best" in text
   section = evaluation_report.readme_section(rep, figure="docs/s.png", report_link="R.md")
   beats, does_not = [ln for ln in section.splitlines() if ln.startswith("* **Where")]
@@ -215,3 +216,25 @@ def test_findings_and_readme_section_follow_the_numbers():
   md = evaluation_report.markdown(dataclasses.replace(rep, partial=True,
                                                       timing={"table": 3.0}))
   assert "**Partial results**" in md and "(after table)" in md
+
+
+def test_sweep_table_aligns_values_when_a_case_was_cut_short():
+  point = lambda v, p: {"value": v, "summary": {"psnr": {"mean": p}}, "seconds_per_image": 0.5}
+  table = evaluation_report.sweep_table(
+      "layer", {"sr4": [point(1, 20.0), point(2, 21.0), point(3, 22.0)],
+                "colorize": [point(1, 25.0)]}, lpips=None)
+  head, _, sr4, colorize = table.splitlines()
+  assert head == "| case | layer = 1 | layer = 2 | layer = 3 |"
+  assert sr4.endswith("| 22.00 dB / 0.50 s |")
+  assert colorize == "| colorization | 25.00 dB / 0.50 s | – | – |"
+
+
+def test_a_sweep_stops_between_runs_when_told(quick):
+  out, argv = quick
+  args = evaluate.build_parser().parse_args(argv)
+  ev = evaluation.Evaluator(evaluate.resolve_config(args))
+  images = evaluation.prior_samples(ev.gen, ev.params, 2, seed=100000)
+  answers = iter([False, True])
+  rows, left = ev.sweep_case("layer", [1, 2], images, "sr4", stop=lambda: next(answers))
+  assert [r["value"] for r in rows] == [1] and left == [2]      # layer 1 read from the cache
+  assert ev.sweep_start("layer", "sr4") == 1 and ev.sweep_start("codes", "sr4") == 4
