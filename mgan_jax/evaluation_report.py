@@ -580,6 +580,9 @@ def plot_examples(report: Report, path: Path) -> None:
       img = ex.get(col)
       if img is not None:
         ax.imshow(imageio.to_uint8(np.asarray(img)), interpolation="nearest")
+      else:                   # e.g. no baseline for reconstruction: no empty frame
+        for spine in ax.spines.values():
+          spine.set_visible(False)
       if i == 0:
         ax.set_title(col if col != "baseline" else "best baseline", fontsize=7)
       if j == 0:

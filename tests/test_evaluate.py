@@ -122,13 +122,15 @@ def test_time_budget_skips_the_sweeps_and_says_so(quick, tmp_path):
   out, argv = quick
   res = tmp_path / "budget"
   assert evaluate.main(["--quick", "--out", str(res), "--cache", str(out / "cache"),
-                        "--time-budget", "0.001", "--no-plots", "--quiet"]) == 0
+                        "--time-budget", "0.001", "--compile-workers", "0",
+                        "--no-compile-cache", "--no-plots", "--quiet"]) == 0
   data = json.loads((res / "results.json").read_text())
   assert data["sweeps"] == {} and data["rows"] and not data["partial"]
   assert [s.split(":")[0] for s in data["skipped"][-2:]] == ["sweep layer on sr4",
                                                              "sweep codes on sr4"]
   assert "- skipped: sweep layer on sr4: not run, the time budget" in (
       res / "results.md").read_text()
+  assert data["environment"]["compile_workers"] == 0
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -139,6 +141,8 @@ def test_time_budget_skips_the_sweeps_and_says_so(quick, tmp_path):
     (["--config", "{bad}"], "unknown key 'sampels'"),
     (["--sweep", "layer"], "--sweep: expected KEY=VALUE"),
     (["--readme", "{bad}"], "bad.json: expected one '<!-- evaluate:results:begin"),
+    (["--compile-workers", "-1"], "--compile-workers: must be >= 0"),
+    (["--time-budget", "soon"], "--time-budget: expected a number"),
 ])
 def test_bad_configuration_is_one_error_line(tmp_path, capsys, argv, expected):
   bad = tmp_path / "bad.json"
