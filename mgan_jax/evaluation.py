@@ -63,6 +63,7 @@ import json
 import math
 import os
 import platform
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -495,6 +496,7 @@ class Run:
   snapshots: np.ndarray | None = None
   snapshot_iterations: list | None = None
   cached: bool = False
+  device: str | None = None             # where the inversion ran (``environment()['device']``)
 
 
 @dataclasses.dataclass
@@ -589,7 +591,7 @@ def execute(inv: Any, prep: Prepared, *, compile_seconds: float) -> Run:
     losses += [r.losses for r in res]
     traces += [r.trace for r in res]
   run = Run(np.stack(raw).astype(np.float32), np.stack(losses).astype(np.float32), traces,
-            seconds / len(items), compile_seconds)
+            seconds / len(items), compile_seconds, device=environment()["device"])
   if prep.job.snapshots:
     its = sorted({d for _, d in inv.snapshots})
     run.snapshots = np.stack([np.stack([inv.snapshots[(it.name, d)] for d in its])
@@ -604,14 +606,14 @@ def load_run(path: Path, *, snapshots: bool) -> Run:
     meta = json.loads(str(f["meta"]))
     return Run(f["raw"], f["losses"], meta["traces"], meta["seconds_per_image"],
                meta["compile_seconds"], f["snapshots"] if snapshots else None,
-               meta.get("snapshot_iterations"), cached=True)
+               meta.get("snapshot_iterations"), cached=True, device=meta.get("device"))
 
 
 def save_run(path: Path, run: Run, payload: Mapping[str, Any]) -> None:
   """Publish a run's arrays and metadata as one ``.npz`` (atomically)."""
   meta = {"payload": dict(payload), "traces": run.traces,
           "seconds_per_image": run.seconds_per_image, "compile_seconds": run.compile_seconds,
-          "snapshot_iterations": run.snapshot_iterations}
+          "snapshot_iterations": run.snapshot_iterations, "device": run.device}
   arrays = {"snapshots": run.snapshots} if run.snapshots is not None else {}
   with fileio.publish(path, replace=True) as tmp:
     with open(tmp, "wb") as fh:
@@ -732,6 +734,11 @@ class Evaluator:
     self._queue: list = []
     self._pool = None
     self.compile_seconds = 0.0
+    self.run_devices: dict[str, int] = {}  # device -> inversions run (or cached) on it
+
+  def is_cached(self, job: Job) -> bool:
+    prep = self.prepare(job)
+    return prep.path is not None and prep.path.is_file()
 
   def vgg(self, settings: Any) -> Any:
     from mgan_jax import assets
@@ -835,7 +842,9 @@ class Evaluator:
     prep = self.prepare(job)
     if prep.path is not None and prep.path.is_file():
       self.log(f"  {prep.describe()}: cached")
-      return load_run(prep.path, snapshots=job.snapshots), prep
+      run = load_run(prep.path, snapshots=job.snapshots)
+      self._count_device(run)
+      return run, prep
     t0 = time.perf_counter()
     ahead = self._ahead.pop(prep.key, None)
     self._queue = [p for p in self._queue if p.key != prep.key]
@@ -848,6 +857,7 @@ class Evaluator:
     waited = time.perf_counter() - t0
     self.compile_seconds += compile_s
     run = execute(inv, prep, compile_seconds=compile_s)
+    self._count_device(run)
     if prep.path is not None:
       save_run(prep.path, run, prep.payload)
     n = len(job.images)
@@ -856,6 +866,32 @@ class Evaluator:
     self.log(f"  {prep.describe()}: {n} image(s) in {time.perf_counter() - t0:.1f} s "
              f"({how}, {run.seconds_per_image:.2f} s/image)")
     return run, prep
+
+  def _count_device(self, run: Run) -> None:
+    d = run.device or "unrecorded"
+    self.run_devices[d] = self.run_devices.get(d, 0) + 1
+
+  def samples(self, n: int, *, seed: int) -> ImageSet:
+    """``prior_samples``, kept in the run cache (``samples-<model>-<seed>-<n>.npz``): the image
+    set is then bit-identical wherever the cache is reused (another machine's float rounding
+    could otherwise move an 8-bit value, and with it every run's cache key)."""
+    if self.cache is None:
+      return prior_samples(self.gen, self.params, n, seed=seed)
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", self.label)
+    path = self.cache / f"samples-{safe}-{seed}-{n}.npz"
+    if path.is_file():
+      with np.load(path, allow_pickle=False) as f:
+        clean = f["clean"]
+      seeds = list(range(seed, seed + n))
+      if clean.shape == (n, self.gen.resolution, self.gen.resolution, 3):
+        return ImageSet([f"sample-{s}" for s in seeds], clean.astype(np.float32),
+                        [{"kind": "prior sample", "seed": s} for s in seeds])
+    images = prior_samples(self.gen, self.params, n, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with fileio.publish(path, replace=True) as tmp:
+      with open(tmp, "wb") as fh:
+        np.savez(fh, clean=images.clean)
+    return images
 
   # ----- the table ----------------------------------------------------------------------------
   def table_case(self, name: str, images: ImageSet, index: int
@@ -941,7 +977,7 @@ class Evaluator:
     out = []
     jobs = self.sweep_jobs(key, values, images, case)
     if key == "iterations":
-      if stop():
+      if stop() and not self.is_cached(jobs[0]):
         return [], list(values)
       run, prep = self.run(jobs[0])
       post = default_post(prep.task)
@@ -957,7 +993,7 @@ class Evaluator:
                     "seconds_per_image": run.seconds_per_image * v / max(top, 1)})
       return out, []
     for i, (v, job) in enumerate(zip(values, jobs)):
-      if stop():
+      if stop() and not self.is_cached(job):
         return out, list(values[i:])
       run, prep = self.run(job)
       post = default_post(prep.task)
@@ -1032,12 +1068,12 @@ def evaluate(config: Config, *, log: Callable[[str], Any] = lambda s: None,
   images = ImageSet([], np.zeros((0, res, res, 3), np.float32), [])
   if cfg.table:
     if cfg.samples:
-      images = prior_samples(ev.gen, ev.params, cfg.samples, seed=cfg.sample_seed)
+      images = ev.samples(cfg.samples, seed=cfg.sample_seed)
     images = images + photo_set(cfg.images, res, fit=cfg.fit)
   sweep_images = None
   if cfg.sweeps:
     if cfg.sweep_samples:
-      sweep_images = prior_samples(ev.gen, ev.params, cfg.sweep_samples, seed=cfg.sweep_seed)
+      sweep_images = ev.samples(cfg.sweep_samples, seed=cfg.sweep_seed)
     elif len(images):
       sweep_images = images
     else:
@@ -1056,7 +1092,7 @@ def evaluate(config: Config, *, log: Callable[[str], Any] = lambda s: None,
   describe = lambda s: None if s is None else {"n": len(s), "names": s.names,
                                                "sources": s.sources}
 
-  env = {**environment(), "compile_workers": cfg.workers()}
+  env = {**environment(), "compile_workers": cfg.workers(), "run_devices": ev.run_devices}
   spent = lambda: bool(cfg.time_budget) and time.perf_counter() - t0 > cfg.time_budget
 
   def report(partial: bool = True) -> Report:

@@ -453,6 +453,7 @@ def markdown(report: Report, *, figures: Mapping[str, str] | None = None,
            f"- machine: {env.get('device')}, {env.get('cpu_count')} CPU(s), "
            f"{env.get('platform')}; jax {env.get('jax')} (matmul precision "
            f"{env.get('matmul_precision', 'default')}); {_timing(report)}",
+           *_run_devices(env),
            "- metrics on the 8-bit outputs against the clean image: PSNR and SSIM (higher is "
            "better), LPIPS v0.1 with the "
            + " and ".join({"lpips_alex": "AlexNet", "lpips_vgg": "VGG16"}[m] for m in lp)
@@ -516,6 +517,24 @@ def markdown(report: Report, *, figures: Mapping[str, str] | None = None,
               "with; `mgan_jax/defaults.py` holds the defaults and is changed by hand from "
               "these tables.", "", rec]
   return "\n".join(lines)
+
+
+def _elsewhere(env: Mapping) -> dict:
+  """{device: runs} of the inversions read from a run cache made on another device."""
+  return {d: n for d, n in (env.get("run_devices") or {}).items() if d != env.get("device")}
+
+
+def _run_devices(env: Mapping) -> list[str]:
+  """The report line saying where the cached inversions ran, when not on this machine."""
+  other = _elsewhere(env)
+  if not other:
+    return []
+  here = sum((env.get("run_devices") or {}).get(d, 0) for d in [env.get("device")])
+  return ["- inversions read from the run cache were run on "
+          + ", ".join(f"{d} ({n} runs)" for d, n in other.items())
+          + (f" ({here} runs on this machine)" if here else "")
+          + ": their seconds per image are that device's; the baselines' seconds, the metrics "
+          "and the figures are this machine's"]
 
 
 def _timing(report: Report) -> str:
@@ -713,7 +732,8 @@ def readme_section(report: Report, *, figure: str | None, report_link: str | Non
   sets = _image_sets(report)
   what = sets[0].split(": ", 1)[1] if sets and sets[0].startswith("table: ") else f"{n} images"
   lines = [f"Measured by `{report.command or 'python -m mgan_jax.evaluate'}` on {what}, with "
-           f"the CLI's defaults for `{report.model['label']}`, on {env.get('device')}{where}. "
+           f"the CLI's defaults for `{report.model['label']}`, inversions on "
+           f"{', '.join(_elsewhere(env)) or env.get('device')}{where}. "
            "Means over the images; against the best classical baseline of each task on that "
            "metric.", ""]
   if figure:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -24,6 +25,19 @@ def quick(tmp_path_factory):
           "--report", str(out / "REPORT.md"), "--readme", str(out / "README.md"), "--quiet"]
   assert evaluate.main(argv) == 0
   return out, argv
+
+
+def _cache_without_sweep_runs(src, dst):
+  """A copy of the quick run cache without its two sweep-only runs (layer 2, codes 2)."""
+  dst.mkdir()
+  for p in src.iterdir():
+    if p.name.startswith("sr4-"):
+      with np.load(p) as f:
+        settings = json.loads(str(f["meta"]))["payload"]["settings"]
+      if settings["layer"] == 2 or settings["codes"] == 2:
+        continue
+    shutil.copy2(p, dst / p.name)
+  return dst
 
 
 def test_quick_tables_csv_json_agree(quick):
@@ -110,7 +124,9 @@ def test_quick_baseline_numbers_recomputed_directly(quick):
 def test_quick_rerun_reads_the_cache(quick, capsys):
   out, argv = quick
   before = sorted((p.name, p.stat().st_mtime_ns) for p in (out / "cache").iterdir())
-  assert len(before) == 6          # 2 cases x 2 methods + layer 2 + codes 2
+  assert [n for n, _ in before if n.startswith("samples-")] == [
+      "samples-dcgan-faces64-100000-2.npz"]
+  assert len(before) == 7          # the image set + 2 cases x 2 methods + layer 2 + codes 2
   assert evaluate.main([a for a in argv if a != "--quiet"]) == 0
   err = capsys.readouterr().err
   assert err.count(": cached") == 8 and "s/image)" not in err
@@ -121,14 +137,17 @@ def test_quick_rerun_reads_the_cache(quick, capsys):
 def test_time_budget_skips_the_sweeps_and_says_so(quick, tmp_path):
   out, argv = quick
   res = tmp_path / "budget"
-  assert evaluate.main(["--quick", "--out", str(res), "--cache", str(out / "cache"),
+  cache = _cache_without_sweep_runs(out / "cache", tmp_path / "cache")
+  assert evaluate.main(["--quick", "--out", str(res), "--cache", str(cache),
                         "--time-budget", "0.001", "--compile-workers", "0",
                         "--no-compile-cache", "--no-plots", "--quiet"]) == 0
   data = json.loads((res / "results.json").read_text())
-  assert data["sweeps"] == {} and data["rows"] and not data["partial"]
+  assert {k: [r["value"] for r in v["sr4"]] for k, v in data["sweeps"].items()} == {
+      "layer": [1]} and data["rows"] and not data["partial"]
+  # the sweeps' first values are the table's runs (cached), the rest are skipped
   assert [s.split(":")[0] for s in data["skipped"][-2:]] == ["sweep layer on sr4",
                                                              "sweep codes on sr4"]
-  assert "- skipped: sweep layer on sr4: not run, the time budget" in (
+  assert "- skipped: sweep layer on sr4: 2 not run, the time budget" in (
       res / "results.md").read_text()
   assert data["environment"]["compile_workers"] == 0
 
@@ -233,12 +252,26 @@ def test_sweep_table_aligns_values_when_a_case_was_cut_short():
   assert colorize == "| colorization | 25.00 dB / 0.50 s | – | – |"
 
 
-def test_a_sweep_stops_between_runs_when_told(quick):
+def test_a_sweep_stops_between_runs_when_told(quick, tmp_path):
   out, argv = quick
   args = evaluate.build_parser().parse_args(argv)
-  ev = evaluation.Evaluator(evaluate.resolve_config(args))
-  images = evaluation.prior_samples(ev.gen, ev.params, 2, seed=100000)
-  answers = iter([False, True])
-  rows, left = ev.sweep_case("layer", [1, 2], images, "sr4", stop=lambda: next(answers))
+  first = evaluation.Evaluator(evaluate.resolve_config(args))
+  images = evaluation.prior_samples(first.gen, first.params, 2, seed=100000)
+  cache = _cache_without_sweep_runs(out / "cache", tmp_path / "cache")
+  cfg = dataclasses.replace(evaluate.resolve_config(args), cache=str(cache))
+  ev = evaluation.Evaluator(cfg)
+  rows, left = ev.sweep_case("layer", [1, 2], images, "sr4", stop=lambda: True)
   assert [r["value"] for r in rows] == [1] and left == [2]      # layer 1 read from the cache
+  full = evaluation.Evaluator(evaluate.resolve_config(args))     # cached runs are always read
+  rows, left = full.sweep_case("layer", [1, 2], images, "sr4", stop=lambda: True)
+  assert [r["value"] for r in rows] == [1, 2] and left == []
   assert ev.sweep_start("layer", "sr4") == 1 and ev.sweep_start("codes", "sr4") == 4
+
+
+def test_the_report_says_where_cached_inversions_ran():
+  env = {"device": "cpu (cpu)", "run_devices": {"gpu (NVIDIA H200)": 5, "cpu (cpu)": 1}}
+  line, = evaluation_report._run_devices(env)
+  assert line.startswith("- inversions read from the run cache were run on gpu (NVIDIA H200) "
+                         "(5 runs) (1 runs on this machine)")
+  assert evaluation_report._run_devices({"device": "cpu (cpu)",
+                                         "run_devices": {"cpu (cpu)": 3}}) == []
