@@ -503,12 +503,12 @@ class Run:
 class Job:
   """One inversion configuration to run: a case (``CASES``), a method (``GAN_METHODS``),
   settings on top of the configuration's ``overrides``, an image set; ``snapshots``: also keep
-  the image after every chunk (the iterations sweep)."""
+  the image after these iterations (chunk ends; the iterations sweep)."""
   case: str
   method: str
   overrides: dict
   images: ImageSet
-  snapshots: bool = False
+  snapshots: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass
@@ -593,7 +593,7 @@ def execute(inv: Any, prep: Prepared, *, compile_seconds: float) -> Run:
   run = Run(np.stack(raw).astype(np.float32), np.stack(losses).astype(np.float32), traces,
             seconds / len(items), compile_seconds, device=environment()["device"])
   if prep.job.snapshots:
-    its = sorted({d for _, d in inv.snapshots})
+    its = sorted({d for _, d in inv.snapshots if d in prep.job.snapshots})
     run.snapshots = np.stack([np.stack([inv.snapshots[(it.name, d)] for d in its])
                               for it in items])
     run.snapshot_iterations = its
@@ -771,7 +771,7 @@ class Evaluator:
     if key == "iterations":
       step = math.gcd(*[int(v) for v in values]) or 1
       return [Job(case, "multi-code", {**pin, "iterations": max(values), "chunk": step},
-                  images, snapshots=True)]
+                  images, snapshots=tuple(sorted({int(v) for v in values if v})))]
     return [Job(case, "multi-code", {**pin, key: v}, images) for v in values]
 
   def prepare(self, job: Job) -> Prepared:

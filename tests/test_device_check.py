@@ -50,3 +50,11 @@ def test_skip_parity_names_only_known_tests(capsys):
   assert e.value.code == 2
   assert "--skip-parity: tests/test_nothing.py is not one of the parity tests" in \
       capsys.readouterr().err
+
+
+def test_only_names_known_steps(capsys):
+  import pytest
+  dc = _module()
+  with pytest.raises(SystemExit) as e:
+    dc.main(["--only", "parity,bench_gpu"])
+  assert e.value.code == 2 and "--only: bench_gpu is not a step" in capsys.readouterr().err
