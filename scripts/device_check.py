@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
              PYTHONUNBUFFERED="1", MGAN_JAX_COMPILE_CACHE="off")
   env.pop("JAX_PLATFORMS", None)            # the accelerator if there is one
   dev = _devices(env)
-  env["JAX_PLATFORMS"] = dev["platform"] if dev["platform"] != "unknown" else "cpu"
+  if dev["platform"] in ("unknown", "cpu"):  # else JAX picks the accelerator by itself ('gpu'
+    env["JAX_PLATFORMS"] = "cpu"            # is not a JAX_PLATFORMS name: 'cuda' or 'rocm')
   py = sys.executable
   if a.quick:
     steps = [
