@@ -201,7 +201,7 @@ def test_paste_known_single_and_batch(tmp_path):
 
 
 def test_help_shows_the_defaults_of_the_model_and_task(capsys):
-  for argv, iterations in ((["--help"], 300), (["--task", "inpaint", "--help"], 200)):
+  for argv, iterations in ((["--help"], 400), (["--task", "inpaint", "--help"], 300)):
     with pytest.raises(SystemExit) as e:
       invert_images.main(argv)
     assert e.value.code == 0
