@@ -4,6 +4,8 @@ the speed and memory benchmarks; the numbers go into ``docs/device_check_<platfo
 
     scripts/device_check.sh                  # on the accelerator machine (a few minutes)
     scripts/device_check.sh --quick --out D  # a smoke test of the script itself, on any machine
+    scripts/device_check.sh --only parity --skip-parity tests/test_lpips.py
+                                             # some steps; parity files left out (no weights)
 
 Steps (each one's output is kept in the report, a failing step does not stop the others):
 
