@@ -304,7 +304,7 @@ def resolve_settings(args: argparse.Namespace, gen: Any, defaults: Mapping[str, 
   from mgan_jax.pipeline import Settings
   init_meta = dict(init_meta or {})
   defaults = dict(defaults)
-  if getattr(args, "recipe", None):
+  if getattr(args, "recipe", None) and defaults.get("recipe") != args.recipe:
     defaults = defaults_lib.apply_recipe(defaults, args.recipe, family=gen.family, model=model,
                                          tasks=tuple(tasks))
   if args.method is not None:

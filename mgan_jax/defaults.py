@@ -9,15 +9,17 @@ the largest of the tasks' values.
 
 Keys: ``method`` (CLI name, ``mgan_jax.methods``), ``codes``, ``layer``, ``optimizer``, ``lr``,
 ``iterations``, ``perceptual_weight``, ``perceptual_size`` (None = the image's own),
-``perceptual_layer``, ``factor`` (super-resolve), ``alpha_init``, ``recipe`` (the recipe applied
-when ``--recipe`` is not given, or None).
+``perceptual_layer``, ``factor`` (super-resolve), ``alpha_init``, ``paste_known`` (inpaint),
+``back_project`` (super-resolve), ``recipe`` (the recipe applied when ``--recipe`` is not given,
+or None).
 
 Recipes (``RECIPES``, ``--recipe NAME``) are named ways to optimise -- optimiser, schedule,
 per-latent learning rates, loss, iteration counts -- applied on top of a model's defaults, which
 keep saying *what* is optimised (method, codes, layer, initialisation). ``official`` is the
 paper's; ``fast`` reaches the official recipe's loss in a fraction of its time
 (docs/engine.md, "Time to a good result"). A recipe sets every key of ``RECIPE_KEYS``, so the
-result does not depend on the recipe the table applied before.
+result does not depend on the recipe the table applied before, and the output options
+(``RECIPE_OUTPUT_KEYS``) only where it names them (``official``: the raw generator output).
 """
 
 from __future__ import annotations
@@ -74,7 +76,6 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
         "method": "multi-code", "codes": 20, "layer": 1, "optimizer": "adam", "lr": 0.1,
         "iterations": 300, "perceptual_weight": 0.0, "perceptual_size": None,
         "perceptual_layer": "relu3_3", "factor": 4, "alpha_init": "official", "tasks": {},
-        "recipe": "fast",
     },
 }
 
@@ -93,11 +94,19 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 #: upsampling to 256, 16x the VGG work) doubled the step time for mixed changes (-0.5..+2 dB
 #: reconstruct, +-0.5 dB inpaint); ``--perceptual-weight 1e-3`` enables it.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    # From docs/RESULTS.md (sweeps on 8 held-out samples, one setting at a time): 400
+    # iterations +1.2 dB over 300 for reconstruction; perceptual weight 0.01 +0.5 dB
+    # (reconstruction) and +0.35 dB (super-resolution x4), better LPIPS too (inpainting: best PSNR
+    # without it, kept off; colorization and denoising: not swept, kept off); inpainting 300
+    # iterations within 0.2 dB of the best; pasting the known pixels and back-projecting the
+    # super-resolved image better on PSNR and LPIPS for every mask and factor.
     "dcgan-faces64": {
-        "codes": 20, "layer": 1, "optimizer": "adam", "lr": 0.1, "iterations": 300,
-        "perceptual_weight": 0.0, "perceptual_size": None, "factor": 4,
-        "tasks": {"inpaint": {"iterations": 200}, "denoise": {"iterations": 200},
-                  "colorize": {"iterations": 100}, "super-resolve": {"iterations": 100}},
+        "codes": 20, "layer": 1, "optimizer": "adam", "lr": 0.1, "iterations": 400,
+        "perceptual_weight": 0.01, "perceptual_size": None, "factor": 4,
+        "tasks": {"inpaint": {"iterations": 300, "perceptual_weight": 0.0, "paste_known": True},
+                  "denoise": {"iterations": 200, "perceptual_weight": 0.0},
+                  "colorize": {"iterations": 100, "perceptual_weight": 0.0},
+                  "super-resolve": {"iterations": 100, "back_project": True}},
     },
 }
 
@@ -112,12 +121,8 @@ RECIPE_KEYS: dict[str, Any] = {
     "iterations": 3000,
 }
 
-def _optimisation(entry: dict[str, Any]) -> dict[str, Any]:
-  """A recipe override holding the optimisation of a defaults entry: its recipe keys (the
-  others neutral) and those of its per-task overrides."""
-  pick = lambda e: {k: v for k, v in e.items() if k in RECIPE_KEYS}
-  tasks = {t: pick(v) for t, v in entry.get("tasks", {}).items() if pick(v)}
-  return {**RECIPE_KEYS, **pick(entry), "tasks": tasks}
+#: Output options a recipe may set (only where it names them; otherwise the model's stay).
+RECIPE_OUTPUT_KEYS = ("paste_known", "back_project")
 
 
 #: Named recipes: values for ``RECIPE_KEYS`` (missing = the neutral value), then overrides per
@@ -134,17 +139,19 @@ def _optimisation(entry: dict[str, Any]) -> dict[str, Any]:
 #: iterations (a fifth of the official 2000). On the PGGAN-256 benchmark (2-core CPU, 60
 #: iterations) Adam passed the official recipe's 60-iteration loss after 30, lr 0.1 ahead of
 #: 0.05 and 0.02; the full 2000-iteration comparison is scripts/bench_quality.py's GPU run.
-#: DCGAN: the default prior's own tuned values (Adam lr 0.1, constant, no perceptual term, 300
-#: iterations; per task as MODEL_DEFAULTS): with a 64x64 image the official VGG term on a 256
+#: DCGAN: Adam lr 0.1, constant, no perceptual term, 300 iterations (inpaint and denoise 200,
+#: colorize and super-resolve 100): with a 64x64 image the official VGG term on a 256
 #: upsampling costs ~30x the rest of a step, and Adam on the pixel loss alone passes the
-#: official recipe's 2000-iteration loss (VGG term included) within its first 20 iterations; a
-#: cosine decay (-4 dB at 200 iterations), alpha's learning rate halved (-0.5 dB) and the VGG
-#: term at 64x64 (same loss, twice the time) were worse (2-core CPU, two held-out samples).
+#: official recipe's 2000-iteration loss (VGG term included) within its first 15 iterations; a
+#: cosine decay (-3 dB at 300 iterations), alpha's learning rate halved (-1 dB) and the VGG
+#: term at 64x64 (5 % lower loss, twice the time) were slower to a good result (2-core CPU,
+#: two held-out samples). The default prior's defaults (no recipe) spend more time for quality:
+#: the VGG term at weight 0.01 and 400 iterations (docs/RESULTS.md).
 RECIPES: dict[str, dict[str, Any]] = {
     "official": {
         "optimizer": "sgd", "lr": 1.0, "mse_weight": 1.0, "l1_weight": 0.0,
         "perceptual_weight": 1e-3, "perceptual_size": 256, "perceptual_layer": "relu3_3",
-        "iterations": 3000,
+        "iterations": 3000, "paste_known": False, "back_project": False,
         "tasks": {"colorize": {"iterations": 1500}, "super-resolve": {"iterations": 2000},
                   "inpaint": {"perceptual_weight": 1e-4}},
     },
@@ -152,8 +159,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         "optimizer": "adam", "lr": 0.1, "perceptual_weight": 1e-3, "perceptual_size": 256,
         "iterations": 400,
         "tasks": {"inpaint": {"perceptual_weight": 1e-4}},
-        "family": {"dcgan": _optimisation(FAMILY_DEFAULTS["dcgan"])},
-        "model": {"dcgan-faces64": _optimisation(MODEL_DEFAULTS["dcgan-faces64"])},
+        "family": {"dcgan": {
+            "perceptual_weight": 0.0, "perceptual_size": None, "iterations": 300,
+            "tasks": {"inpaint": {"iterations": 200}, "denoise": {"iterations": 200},
+                      "colorize": {"iterations": 100}, "super-resolve": {"iterations": 100}}}},
     },
 }
 
@@ -179,17 +188,19 @@ def apply_recipe(defaults: dict[str, Any], recipe: str | Mapping[str, Any], *, f
                  model: str | None, tasks: tuple[str, ...]) -> dict[str, Any]:
   """``defaults`` with the optimisation keys (``RECIPE_KEYS``) of ``recipe`` -- a name of
   ``RECIPES`` or a recipe given as data, laid out as the table's entries -- for this family,
-  model and tasks; UserError naming ``--recipe`` for an unknown name or key."""
+  model and tasks, and the output options it names; UserError naming ``--recipe`` for an
+  unknown name or key."""
   if isinstance(recipe, str):
     rec = RECIPES.get(recipe)
     if rec is None:
       raise UserError(f"--recipe: unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
   else:
     rec = dict(recipe)
-  unknown = sorted(set(rec) - set(RECIPE_KEYS) - {"tasks", "family", "model", "name"})
+  unknown = sorted(set(rec) - set(RECIPE_KEYS) - set(RECIPE_OUTPUT_KEYS)
+                   - {"tasks", "family", "model", "name"})
   if unknown:
     raise UserError(f"--recipe: unknown recipe keys {', '.join(unknown)} "
-                    f"(known: {', '.join(RECIPE_KEYS)})")
+                    f"(known: {', '.join([*RECIPE_KEYS, *RECIPE_OUTPUT_KEYS])})")
   sources = [RECIPE_KEYS, rec, rec.get("family", {}).get(family, {}),
              rec.get("model", {}).get(model or "", {})]
   out = dict(defaults)
@@ -218,5 +229,5 @@ def model_has_defaults(name: str | None) -> bool:
 
 
 __all__ = ["DEFAULT_MODEL", "OFFICIAL", "OPTIMIZER_LR", "FAMILY_DEFAULTS", "MODEL_DEFAULTS",
-           "RECIPE_KEYS", "RECIPES", "DEFAULTS", "defaults_for", "apply_recipe",
-           "model_has_defaults"]
+           "RECIPE_KEYS", "RECIPE_OUTPUT_KEYS", "RECIPES", "DEFAULTS", "defaults_for",
+           "apply_recipe", "model_has_defaults"]

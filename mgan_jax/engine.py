@@ -43,6 +43,7 @@ Library entry points: ``Engine`` (a configured batch optimiser), ``run_batch`` (
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -180,6 +181,8 @@ _CHUNK_JIT = jax.jit(_chunk_program, static_argnums=(0, 1, 2, 3, 4, 5, 6, 7),
                      donate_argnums=(8, 9))
 _RENDER_JIT = jax.jit(_render_program, static_argnums=(0, 1, 2, 3))
 _PROGRAMS: dict = {}
+_PROGRAMS_LOCK = threading.Lock()
+_COMPILING: dict = {}     # key -> lock held while that program compiles
 
 
 def _signature(tree: Any) -> tuple:
@@ -195,19 +198,31 @@ def _abstract(tree: Any, sharding_: Any) -> Any:
 
 
 def _compiled(kind: str, static: tuple, trees: tuple, shardings: tuple) -> tuple[Any, float]:
-  """(executable, seconds compiling now; 0 when cached) for ``kind`` ('chunk' | 'render')."""
+  """(executable, seconds compiling now; 0 when cached) for ``kind`` ('chunk' | 'render').
+
+  Thread-safe: engines may compile from several threads at once (XLA releases the GIL while
+  compiling, so distinct programs compile in parallel); a program requested by two threads is
+  compiled once, the second waits for it."""
   key = (kind, static, tuple(_signature(t) for t in trees))
-  hit = _PROGRAMS.get(key)
-  if hit is not None:
-    return hit, 0.0
-  t0 = time.perf_counter()
-  fn = _CHUNK_JIT if kind == "chunk" else _RENDER_JIT
-  abstract = tuple(_abstract(t, s) if not isinstance(s, tuple) else
-                   tuple(_abstract(a, si) for a, si in zip(t, s))
-                   for t, s in zip(trees, shardings))
-  exe = fn.lower(*static, *abstract).compile()
-  _PROGRAMS[key] = exe
-  return exe, time.perf_counter() - t0
+  with _PROGRAMS_LOCK:
+    hit = _PROGRAMS.get(key)
+    if hit is not None:
+      return hit, 0.0
+    key_lock = _COMPILING.setdefault(key, threading.Lock())
+  with key_lock:
+    hit = _PROGRAMS.get(key)
+    if hit is not None:
+      return hit, 0.0
+    t0 = time.perf_counter()
+    fn = _CHUNK_JIT if kind == "chunk" else _RENDER_JIT
+    abstract = tuple(_abstract(t, s) if not isinstance(s, tuple) else
+                     tuple(_abstract(a, si) for a, si in zip(t, s))
+                     for t, s in zip(trees, shardings))
+    exe = fn.lower(*static, *abstract).compile()
+    with _PROGRAMS_LOCK:
+      _PROGRAMS[key] = exe
+      _COMPILING.pop(key, None)
+    return exe, time.perf_counter() - t0
 
 
 def trim_heap() -> bool:
@@ -225,7 +240,8 @@ def trim_heap() -> bool:
 
 def clear_cache() -> None:
   """Forget the compiled programs of this process (e.g. after changing a global JAX option)."""
-  _PROGRAMS.clear()
+  with _PROGRAMS_LOCK:
+    _PROGRAMS.clear()
 
 
 # ----------------------------------------------------------------------------------------------

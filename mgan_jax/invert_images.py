@@ -75,8 +75,17 @@ def add_arguments(parser: argparse.ArgumentParser, *, shown: Mapping[str, Any] |
                  default=None, metavar="F",
                  help="denoise: share of noisy pixels; < 1 = known positions, left out of the "
                       "loss (the maintainers' protocol) (default 1: every pixel)")
-  t.add_argument("--paste-known", action="store_true",
-                 help="inpaint: keep the known pixels in result.png (official: raw output)")
+  on = lambda key: (" (default: on for this model)" if shown.get(key) else
+                    " (default: off for this model)") if shown else " (default: per model)"
+  t.add_argument("--paste-known", action=argparse.BooleanOptionalAction, default=None,
+                 help="inpaint: keep the known pixels of the observation in result.png; "
+                      "--no-paste-known writes the raw generator output (official)"
+                      + on("paste_known"))
+  t.add_argument("--back-project", action=argparse.BooleanOptionalAction, default=None,
+                 help="super-resolve: add the smooth correction that makes the result "
+                      "downsample exactly to the observation (tasks.back_project); "
+                      "--no-back-project writes the raw generator output (official)"
+                      + on("back_project"))
   cli.add_model_arguments(parser, default_help=f"default {defaults_lib.DEFAULT_MODEL}")
   cli.add_inversion_arguments(
       parser, defaults=dict(shown or {}, dir_init=True),
@@ -292,13 +301,15 @@ def run(args: argparse.Namespace) -> int:
                              ("--noise-fraction", args.noise_fraction, "denoise")):
     if value is not None and not pre.has(needs):
       raise UserError(f"{flag} is not used by --task {pre.label} (it applies to {needs})")
-  defaults = defaults_lib.defaults_for(gen.family, model_name, pre.tasks)
+  defaults = defaults_lib.defaults_for(gen.family, model_name, pre.tasks, recipe=args.recipe)
+  _output_options(args, pre, defaults)
   task = tasks.parse_task(args.task, factor=args.factor or defaults["factor"],
                           resample=args.resample or "bilinear",
                           noise=0.1 if args.noise is None else args.noise,
                           noise_fraction=1.0 if args.noise_fraction is None
                           else args.noise_fraction, observed=args.observed,
-                          paste_known=args.paste_known, resolution=gen.resolution)
+                          paste_known=args.paste_known, back_project=args.back_project,
+                          resolution=gen.resolution)
   if args.paste_known and task.tasks != ("inpaint",):
     raise UserError("--paste-known applies to --task inpaint alone")
   init_dir, init_file = _init_source(args.init)
@@ -355,7 +366,7 @@ def run(args: argparse.Namespace) -> int:
   with state:
     written = resumable.run_items(items, inverter, out=args.out, state=state,
                                   progress=progress, run_info=run_info,
-                                  latents_meta=latents_meta)
+                                  latents_meta=latents_meta, lpips_params=_lpips_params(items))
   summary, failed = [], []
   for path in written:
     m = json.loads((path / "metrics.json").read_text())
@@ -374,6 +385,28 @@ def run(args: argparse.Namespace) -> int:
           "rerun with --force and other settings to recompute them)", file=sys.stderr)
     return EXIT_FAILED_IMAGES
   return 0
+
+
+def _lpips_params(items: Sequence[Any]) -> Any:
+  """The LPIPS weights of metrics.json (``outputs.LPIPS_NET``), when some image has a clean
+  target to compare with and the weights can be had (else None: LPIPS is null with a note)."""
+  from mgan_jax import assets, outputs
+  if not any(it.clean is not None for it in items):
+    return None
+  try:
+    return assets.lpips_params(outputs.LPIPS_NET)
+  except (UserError, OSError, ValueError):
+    return None
+
+
+def _output_options(args: argparse.Namespace, pre: tasks.Task, defaults: Mapping) -> None:
+  """--paste-known / --back-project not given: the model's default where the task has that
+  output option (``defaults`` keys ``paste_known``, ``back_project``), else off."""
+  if args.paste_known is None:
+    args.paste_known = bool(defaults.get("paste_known")) and pre.tasks == ("inpaint",)
+  if args.back_project is None:
+    args.back_project = (bool(defaults.get("back_project")) and pre.has("super-resolve")
+                         and tasks.BACK_PROJECT_TASKS.issuperset(pre.tasks))
 
 
 def _quote(arg: str) -> str:

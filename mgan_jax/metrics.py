@@ -74,6 +74,18 @@ def quality(a, b) -> dict[str, float]:
   return {"psnr": float(p), "ssim": float(s)}
 
 
+def quality_batch(a, b) -> dict[str, list[float]]:
+  """{'psnr': [...], 'ssim': [...]} of N image pairs (N, H, W, C): ``quality`` of each pair in
+  one jitted call (the metrics are per image; a batch of images costs one dispatch)."""
+  ua, ub = to_unit(a), to_unit(b)
+  chex.assert_equal_shape([ua, ub])
+  chex.assert_rank(ua, 4)
+  if not ua.shape[0]:
+    return {"psnr": [], "ssim": []}
+  p, s = _psnr_ssim(jnp.asarray(ua), jnp.asarray(ub))
+  return {"psnr": [float(v) for v in np.asarray(p)], "ssim": [float(v) for v in np.asarray(s)]}
+
+
 def psnr_numpy(a, b) -> float:
   """The same PSNR as ``psnr`` in plain numpy (cheap, for progress lines)."""
   mse = float(np.mean(np.square(to_unit(a).astype(np.float64) - to_unit(b))))
@@ -174,5 +186,5 @@ def colorization_auc(a, b, *, max_threshold: float = 150.0, step: float = 1.0) -
   return auc_from_errors(ab_error(a, b), max_threshold=max_threshold, step=step)
 
 
-__all__ = ["to_unit", "to_signed", "psnr", "ssim", "quality", "psnr_numpy", "lpips",
-           "lpips_batch", "rgb_to_lab", "ab_error", "auc_from_errors", "colorization_auc"]
+__all__ = ["to_unit", "to_signed", "psnr", "ssim", "quality", "quality_batch", "psnr_numpy",
+           "lpips", "lpips_batch", "rgb_to_lab", "ab_error", "auc_from_errors", "colorization_auc"]

@@ -25,7 +25,9 @@ Operators (official semantics where the official code has the task):
   composition of the N codes, ``Generator.compose``.)
 
 Post-processing: ``merge_luma`` (colorization: luma of the input, chroma of the result, PIL /
-JPEG BT.601 full-range YCbCr) and ``paste_known`` (inpainting: keep the known pixels).
+JPEG BT.601 full-range YCbCr), ``paste_known`` (inpainting: keep the known pixels) and
+``back_project`` (super-resolution: the smallest smooth correction that makes the result
+downsample exactly to the observation).
 
 The resampling functions ``resize`` / ``downsample_image`` reproduce PyTorch's index and weight
 arithmetic (float32, ``floor(i * in / out)`` for nearest) so fixtures match within 1e-6.
@@ -347,9 +349,75 @@ def paste_known(result: Array, observed: Array, mask: Array) -> Array:
   return out
 
 
+def resample_matrix(in_size: int, out_size: int, method: str, *,
+                    coord_scale: float | None = None) -> np.ndarray:
+  """One axis of ``resize`` / ``downsample_image`` as a dense (out_size, in_size) float64
+  matrix M: resampling an image X (H, W) is ``M_h X M_w^T`` (the operations are separable)."""
+  idx, w = _taps(int(in_size), int(out_size), method, coord_scale)
+  m = np.zeros((out_size, in_size), np.float64)
+  np.add.at(m, (np.repeat(np.arange(out_size), idx.shape[1]), idx.reshape(-1)),
+            w.reshape(-1).astype(np.float64))
+  return m
+
+
+def downsample_matrix(size: int, factor: int, method: str = "bilinear") -> np.ndarray:
+  """The (size // factor, size) matrix of one axis of ``downsample_image(., factor, method)``."""
+  if factor < 1 or size // factor < 1:
+    raise ValueError(f"cannot downsample {size} pixels by {factor}")
+  scale = None if method == "area" else float(np.float32(1.0 / (1.0 / factor)))
+  return resample_matrix(size, int(math.floor(size * (1.0 / factor))), method,
+                         coord_scale=scale)
+
+
+def back_project(result, observed, *, factor: int, method: str = "bilinear",
+                 gray: bool = False, upsample: str = "bicubic") -> np.ndarray:
+  """Data-consistent super-resolution: ``result + U C U^T`` per channel, with C solving
+  ``D(result + U C U^T) = observed`` exactly.
+
+  D is ``downsample_image(., factor, method)`` (after ``grayscale`` when ``gray``: the
+  observation is then gray and the same correction goes to the three channels, which keeps the
+  gray exact because the gray weights sum to 1); U is ``resize(., method=upsample)`` from the
+  observation's size to the result's. With D = D_1 X D_1^T and U = U_1 C U_1^T per axis,
+  A = D_1 U_1 (r, r) and C = A^-1 (observed - D(result)) A^-T: the limit of the iterative
+  back-projection ``x += U(observed - D(x))`` (Irani & Peleg 1991) whenever that converges, in
+  one exact solve (a least-squares solve if A is singular). The correction is smooth (it lies in
+  the span of U), unlike the minimum-norm projection, which would change only the pixels D
+  reads.
+
+  result: (R, R, C) or (B, R, R, C); observed: (r, r, C) or (B, r, r, C), r = R // factor.
+  Returns float32 numpy of the result's shape (not clipped).
+  """
+  x = np.asarray(result, np.float64)
+  y = np.asarray(observed, np.float64)
+  squeeze = x.ndim == 3
+  if squeeze:
+    x, y = x[None], y[None]
+  chex.assert_rank(x, 4)
+  size, r = x.shape[1], y.shape[1]
+  d1 = downsample_matrix(size, factor, method)
+  if d1.shape[0] != r or x.shape[1] != x.shape[2] or y.shape[1] != y.shape[2]:
+    raise ValueError(f"observation {y.shape[1:3]} is not the {factor}x downsampling of the "
+                     f"square result {x.shape[1:3]}")
+  u1 = resample_matrix(r, size, upsample)
+  a = d1 @ u1
+  seen = x
+  if gray:
+    seen = np.repeat(np.einsum("bhwc,c->bhw", x, np.asarray(_GRAY, np.float64))[..., None],
+                     x.shape[-1], axis=-1)
+  resid = y - np.einsum("ih,bhwc,jw->bijc", d1, seen, d1)
+  if np.linalg.cond(a) < 1e8:
+    a_inv = np.linalg.inv(a)
+  else:
+    a_inv = np.linalg.pinv(a)
+  corr = np.einsum("ij,bjkc,lk->bilc", a_inv, resid, a_inv)
+  out = x + np.einsum("hi,bijc,wj->bhwc", u1, corr, u1)
+  out = out.astype(np.float32)
+  return out[0] if squeeze else out
+
+
 __all__ = [
     "Operator", "Identity", "Grayscale", "Downsample", "Mask", "Function", "Chain", "chain",
     "grayscale", "resize", "downsample_image", "rgb_to_ycbcr", "ycbcr_to_rgb", "merge_luma",
-    "paste_known",
+    "paste_known", "back_project", "resample_matrix", "downsample_matrix",
     "RESAMPLE_METHODS",
 ]

@@ -85,10 +85,11 @@ def run_items(items: Sequence[Item], inverter: Inverter, *, out: str | os.PathLi
               state: runstate.RunState | None = None, force: bool = False,
               progress: Progress | None = None, run_info: Mapping[str, Any] | None = None,
               latents_meta: Mapping[str, Any] | None = None,
-              on_written: Callable[[Item, Path, ImageResult], Any] | None = None) -> list[Path]:
+              on_written: Callable[[Item, Path, ImageResult], Any] | None = None,
+              lpips_params: Any = None) -> list[Path]:
   """Invert ``items`` in batches of ``inverter.batch_size`` and publish each image's outputs
   as soon as its batch finishes (see the module docstring). Returns the output directories in
-  input order."""
+  input order. ``lpips_params``: LPIPS weights for metrics.json (``outputs.image_metrics``)."""
   if state is None:
     outputs.check_free(out, items, force=force)
   groups = batches(items, inverter.batch_size)
@@ -151,7 +152,7 @@ def run_items(items: Sequence[Item], inverter: Inverter, *, out: str | os.PathLi
                  else fileio.publish(final, kind="dir", replace=force))
       with publish as stage:
         outputs.write(stage, it, res, run_info={**info, "time": time_info},
-                      latents_meta=latents_meta or {})
+                      latents_meta=latents_meta or {}, lpips_params=lpips_params)
       if state is not None:
         state.mark_finished(it.name, final, digest=it.digest)
       written.append(final)

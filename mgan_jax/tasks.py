@@ -47,8 +47,14 @@ scale (0.1 ~ 25/255); the noisy observation is clipped to the valid range. In ob
 * colorize alone: the luma Y of the observation with the chroma of the result (BT.601 YCbCr,
   ``operators.merge_luma``), as the official ``colorization.py`` writes;
 * inpaint alone with ``paste_known``: the known pixels of the observation, the result in the
-  holes (``operators.paste_known``; the official output is the raw result, the default here);
+  holes (``operators.paste_known``; the official output is the raw result);
+* super-resolve (alone or with colorize) with ``back_project``: the result plus the smooth
+  correction (bicubic-upsampled) that makes ``D(result)`` equal the observation exactly
+  (``operators.back_project``; not in the official code, which writes the raw result);
 * otherwise the raw generator output (clipped only when written).
+
+Which of these a run uses by default is the model's choice (``mgan_jax.defaults``, from the
+measurements in docs/RESULTS.md); the CLI flags turn each on or off.
 
 The randomness of the synthesis (noise, noise positions) comes from a ``numpy`` generator seeded
 by (seed, a CRC of the clean image's 8-bit pixels): the same image gets the same observation
@@ -75,6 +81,8 @@ _ALIASES = {
     "super_resolve": "super-resolve", "inpainting": "inpaint", "denoising": "denoise",
 }
 _CANONICAL = ("colorize", "super-resolve", "denoise", "inpaint")   # degradation order
+#: task combinations whose degradation is known exactly (no holes, no noise): back-projection
+BACK_PROJECT_TASKS = frozenset({"super-resolve", "colorize"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +94,8 @@ class Task:
   method (``operators.RESAMPLE_METHODS``); noise: sigma on the [0, 1] scale (denoise);
   noise_fraction: share of noisy pixels (denoise; < 1 = known positions, masked out of the
   loss); observed: the input is the observation (see the module docstring); paste_known:
-  inpainting output keeps the known pixels.
+  inpainting output keeps the known pixels; back_project: super-resolution output is made
+  data-consistent (``operators.back_project``).
   """
   tasks: tuple[str, ...]
   factor: int = 4
@@ -95,6 +104,7 @@ class Task:
   noise_fraction: float = 1.0
   observed: bool = False
   paste_known: bool = False
+  back_project: bool = False
 
   @property
   def label(self) -> str:
@@ -121,7 +131,7 @@ class Task:
   def to_json(self) -> dict:
     d = {"task": self.label, "mode": "observed" if self.observed else "degrade"}
     if self.has("super-resolve"):
-      d.update(factor=self.factor, resample=self.resample)
+      d.update(factor=self.factor, resample=self.resample, back_project=self.back_project)
     if self.has("denoise"):
       d.update(noise_sigma=self.noise, noise_fraction=self.noise_fraction)
     if self.has("inpaint"):
@@ -131,7 +141,7 @@ class Task:
 
 def parse_task(text: str, *, factor: int = 4, resample: str = "bilinear", noise: float = 0.1,
                noise_fraction: float = 1.0, observed: bool = False, paste_known: bool = False,
-               resolution: int | None = None) -> Task:
+               back_project: bool = False, resolution: int | None = None) -> Task:
   """Parse ``'super-resolve,colorize'`` etc. into a Task; UserError (one line naming
   ``--task`` / the flag) for unknown names or impossible settings."""
   names = []
@@ -163,9 +173,13 @@ def parse_task(text: str, *, factor: int = 4, resample: str = "bilinear", noise:
       raise UserError(f"--noise must be >= 0, got {noise}")
     if not 0.0 < noise_fraction <= 1.0:
       raise UserError(f"--noise-fraction must be in (0, 1], got {noise_fraction}")
+  if back_project and ("super-resolve" not in tasks
+                       or not BACK_PROJECT_TASKS.issuperset(tasks)):
+    raise UserError("--back-project applies to --task super-resolve (alone or with colorize), "
+                    f"not to {'+'.join(tasks)}")
   return Task(tasks, factor=int(factor), resample=resample, noise=float(noise),
-                  noise_fraction=float(noise_fraction), observed=bool(observed),
-                  paste_known=bool(paste_known))
+              noise_fraction=float(noise_fraction), observed=bool(observed),
+              paste_known=bool(paste_known), back_project=bool(back_project))
 
 
 @dataclasses.dataclass
@@ -313,9 +327,13 @@ def postprocess(task: Task, result: np.ndarray, observation: Observation
     out = _np(ops.paste_known(jnp.asarray(result), jnp.asarray(observation.image),
                               jnp.asarray(observation.loss_mask)))
     return out, "known pixels of the observation, result in the holes (--paste-known)"
+  if task.back_project and task.has("super-resolve"):
+    out = ops.back_project(result, observation.image, factor=task.factor, method=task.resample,
+                           gray=task.has("colorize"))
+    return out, ("generator output + bicubic-upsampled correction so that D(result) equals the "
+                 "observation (--back-project)")
   return result, "raw generator output"
 
 
-__all__ = ["TASKS", "Task", "Observation", "parse_task", "check_mask", "degrade", "observe",
-           "operator",
-           "postprocess", "upsample_for_display", "image_key"]
+__all__ = ["TASKS", "BACK_PROJECT_TASKS", "Task", "Observation", "parse_task", "check_mask",
+           "degrade", "observe", "operator", "postprocess", "upsample_for_display", "image_key"]

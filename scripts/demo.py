@@ -15,7 +15,7 @@ on three in-domain faces (prior samples) and one photo (out of domain), then wri
 image, ``OUT/overview.png`` (one row per image: input | degraded, result for each task, with the
 PSNR against the clean input under each), and prints its path and the PSNR / SSIM of every
 result. The per-image outputs are
-in ``OUT/<task>/<image>/`` (see ``mgan_jax.app``). ``OUT`` (default ``out/demo``) belongs to the
+in ``OUT/<task>/<image>/`` (see ``mgan_jax.outputs``). ``OUT`` (default ``out/demo``) belongs to the
 demo: its task directories are replaced on every run.
 
 The prior's weights are research-only (trained on DigiFace-1M; see examples/README.md).

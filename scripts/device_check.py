@@ -4,6 +4,8 @@ the speed and memory benchmarks; the numbers go into ``docs/device_check_<platfo
 
     scripts/device_check.sh                  # on the accelerator machine (a few minutes)
     scripts/device_check.sh --quick --out D  # a smoke test of the script itself, on any machine
+    scripts/device_check.sh --only parity --skip-parity tests/test_lpips.py
+                                             # some steps; parity files left out (no weights)
 
 Steps (each one's output is kept in the report, a failing step does not stop the others):
 
@@ -33,6 +35,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = ("parity", "bench_invert", "bench_batch")
 PARITY = ["tests/test_pggan.py", "tests/test_stylegan.py", "tests/test_stylegan2.py",
           "tests/test_dcgan.py", "tests/test_vgg.py", "tests/test_lpips.py",
           "tests/test_operators.py", "tests/test_directions.py", "tests/test_edits.py",
@@ -121,12 +124,27 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--out", default=os.path.join(ROOT, "docs"),
                  help="directory of the report (default docs/)")
   p.add_argument("--timeout", type=int, default=1800, help="seconds per step")
+  p.add_argument("--only", default="", metavar="STEPS",
+                 help="comma-separated steps to run (parity, bench_invert, bench_batch; "
+                      "default all)")
+  p.add_argument("--skip-parity", default="", metavar="FILES",
+                 help="comma-separated parity test files to leave out (e.g. those whose weights "
+                      "are not available on the machine)")
   a = p.parse_args(argv)
+  only = [s for s in a.only.split(",") if s]
+  if [s for s in only if s not in STEPS]:
+    p.error(f"--only: {[s for s in only if s not in STEPS][0]} is not a step "
+            f"({', '.join(STEPS)})")
+  skip = [f for f in a.skip_parity.split(",") if f]
+  unknown = [f for f in skip if f not in PARITY]
+  if unknown:
+    p.error(f"--skip-parity: {unknown[0]} is not one of the parity tests ({', '.join(PARITY)})")
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_DEFAULT_MATMUL_PRECISION="highest",
              PYTHONUNBUFFERED="1", MGAN_JAX_COMPILE_CACHE="off")
   env.pop("JAX_PLATFORMS", None)            # the accelerator if there is one
   dev = _devices(env)
-  env["JAX_PLATFORMS"] = dev["platform"] if dev["platform"] != "unknown" else "cpu"
+  if dev["platform"] in ("unknown", "cpu"):  # else JAX picks the accelerator by itself ('gpu'
+    env["JAX_PLATFORMS"] = "cpu"            # is not a JAX_PLATFORMS name: 'cuda' or 'rocm')
   py = sys.executable
   if a.quick:
     steps = [
@@ -139,12 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
   else:
     steps = [
-        ("parity", [py, "-m", "pytest", "-q", *PARITY]),
+        ("parity", [py, "-m", "pytest", "-q", *(f for f in PARITY if f not in skip)]),
         ("bench_invert", [py, "scripts/bench_invert.py", "--iterations", "20"]),
         ("bench_batch", [py, "scripts/bench_batch.py", "--batch-sizes", "1,8,32",
                          "--iterations", "50", "--repeats", "3", "--json"]),
     ]
-  results = [_step(n, c, env, a.timeout) for n, c in steps]
+  results = [_step(n, c, env, a.timeout) for n, c in steps if not only or n in only]
 
   name = f"device_check_{dev['platform']}{'_quick' if a.quick else ''}.md"
   lines = report(dev, results, quick=a.quick, machine=f"{platform.machine()}, "

@@ -84,3 +84,19 @@ def test_quick_run_both_settings_and_report(tmp_path):
   merged = tmp_path / "merged"
   assert _script().main(["--report", str(out), "--out", str(merged)]) == 0
   assert (merged / "summary.md").read_text() == table
+
+
+def test_warm_runs_from_the_compilation_cache(tmp_path):
+  out = tmp_path / "warm"
+  proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--warm", "--out", str(out),
+                         "--settings", "dcgan64"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+  assert [r["recipe"] for r in records] == ["official", "fast"]
+  for r in records:
+    warm = r["warm"]
+    assert warm["rows"][-1]["loss"] == pytest.approx(r["rows"][-1]["loss"], rel=1e-5)
+    assert warm["compile"] < r["compile"]          # programs loaded, not compiled
+  rows = json.loads((out / "summary.json").read_text())["rows"]
+  assert all(r["ratio_warm_measured"] for r in rows if r.get("t_target") is not None)

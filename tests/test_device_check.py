@@ -40,3 +40,21 @@ def test_report_collects_the_numbers_and_failures():
   assert "| 8 | 1.000 | 8.00 | 4.00x |" in text
   assert "120 passed in 79.9s" in text
   assert dc._json_lines('x\n{"a": 1}\n{broken}\n') == [{"a": 1}]
+
+
+def test_skip_parity_names_only_known_tests(capsys):
+  import pytest
+  dc = _module()
+  with pytest.raises(SystemExit) as e:
+    dc.main(["--skip-parity", "tests/test_vgg.py,tests/test_nothing.py"])
+  assert e.value.code == 2
+  assert "--skip-parity: tests/test_nothing.py is not one of the parity tests" in \
+      capsys.readouterr().err
+
+
+def test_only_names_known_steps(capsys):
+  import pytest
+  dc = _module()
+  with pytest.raises(SystemExit) as e:
+    dc.main(["--only", "parity,bench_gpu"])
+  assert e.value.code == 2 and "--only: bench_gpu is not a step" in capsys.readouterr().err

@@ -4,6 +4,7 @@ edits (fixtures/sefa_ref.npz); invariants of moving, interpolating and style mix
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -83,9 +84,11 @@ def test_frames_do_not_depend_on_their_batch():
   frames = edits.move(gen, lat, ref["stylegan2_64_L01_edit_vector"], np.array([-2.0, 0.0, 2.0]),
                       method="wp", layers="0-3")    # 3 frames: the program of the test above
   together = edits.render_frames(gen, params, frames, method="wp")
+  # bit-identical on the CPU; GPU convolution libraries choose their algorithm by batch size
+  exact = jax.default_backend() == "cpu"
   for k in range(3):
     alone = render_one(gen, params, {"wp": frames["wp"][k]}, method="wp")
-    np.testing.assert_array_equal(together[k], alone)
+    np.testing.assert_allclose(together[k], alone, rtol=0, atol=0 if exact else 1e-5)
   np.testing.assert_array_equal(frames["wp"][1], lat["wp"])
 
 

@@ -211,3 +211,35 @@ def test_engine_on_4_devices_sharded_single_and_a_custom_objective_resumed():
   assert v["resumed"] == ["finished", [2]]           # batch 2 continued at 3, batch 3 fresh
   assert v["same_latents"] and v["same_png"], v       # resumed == uninterrupted, bit for bit
   assert v["single_diff"] < 1e-5, v                   # batched == single-image runs
+
+
+def _quadratic(lat, target):
+  import jax.numpy as jnp
+  return jnp.sum((lat - target) ** 2)
+
+
+def _quartic(lat, target):
+  import jax.numpy as jnp
+  return jnp.sum((lat - target) ** 4)
+
+
+def test_programs_compile_once_when_requested_from_several_threads():
+  """Engines compiling from threads (the evaluation compiles the next runs' programs while one
+  runs): a program requested twice at once is compiled once, distinct ones both compile, and
+  the runs are unchanged."""
+  from concurrent.futures import ThreadPoolExecutor
+  from mgan_jax import optimize as opt
+  engine.clear_cache()
+  lat = np.zeros((2, 3), np.float32)
+  tgt = np.arange(6, dtype=np.float32).reshape(2, 3)
+  ocfg = opt.OptimizerConfig(name="adam", lr=0.1)
+  make = lambda fn: engine.Engine(fn, optimizer=ocfg, arg_axes=(0,), iterations=4, chunk=4,
+                                  batch_size=2)
+  engines = [make(_quadratic), make(_quadratic), make(_quartic)]
+  with ThreadPoolExecutor(3) as pool:
+    seconds = list(pool.map(lambda e: e.compile(lat, (tgt,)), engines))
+  assert sorted(s > 0 for s in seconds[:2]) == [False, True] and seconds[2] > 0
+  assert len(engine._PROGRAMS) == 2 and not engine._COMPILING
+  a, b = engines[0].run(lat, (tgt,)), engines[1].run(lat, (tgt,))
+  np.testing.assert_array_equal(a.latents, b.latents)
+  assert a.compile_seconds == 0.0 and float(np.sum(a.latents)) > 0

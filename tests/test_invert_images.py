@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mgan_jax import invert_images, latents_io, outputs
+from mgan_jax import assets, invert_images, latents_io, metrics, outputs
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SAMPLE = EXAMPLES / "dcgan_sample_9001.png"
@@ -43,7 +43,8 @@ def test_inpaint_outputs_reload_and_init_reproduces(tmp_path):
                  "--out", str(out), *TINY])
   assert rc == 0
   d = out / SAMPLE.stem
-  assert sorted(p.name for p in d.iterdir()) == sorted(outputs.FILES)
+  names = {p.name for p in d.iterdir()}
+  assert set(outputs.FILES) <= names <= set(outputs.FILES) | set(outputs.OPTIONAL_FILES)
   assert not [p for p in out.iterdir()          # no temporaries left (the resume state stays)
               if p.name.startswith(".") and p.name != ".mgan_jax_run"]
   result, degraded, grid = _png(d / "result.png"), _png(d / "degraded.png"), _png(d / "grid.png")
@@ -57,6 +58,12 @@ def test_inpaint_outputs_reload_and_init_reproduces(tmp_path):
   assert m["task"] == "inpaint" and m["settings"]["codes"] == 4
   assert m["settings"]["method"] == "multi_z" and m["settings"]["layer"] == 1
   assert np.isfinite(m["metrics"]["psnr"]) and 0 < m["metrics"]["ssim"] <= 1
+  # LPIPS (AlexNet) of the written result.png against the clean input, recomputed here.
+  assert m["metrics"]["lpips_net"].startswith("alex")
+  want = metrics.lpips(result, _png(SAMPLE), params=assets.lpips_params("alex"), net="alex")
+  assert m["metrics"]["lpips"] == pytest.approx(want, abs=1e-5)
+  assert 0 < m["metrics"]["lpips"] < m["metrics"]["degraded_lpips"]
+  assert (d / "curves.png").is_file()          # matplotlib is in the test extra
   assert len(m["trace"]) == 2 and m["trace"][-1]["iteration"] == 8
   lat, meta = latents_io.load(d / "latents.npz")
   assert lat["z"].shape == (4, 100) and lat["alpha"].shape == (4, 512)
@@ -99,7 +106,7 @@ def test_super_resolve_colorize_observed_and_denoise(tmp_path):
   assert _png(d / "result.png").shape == (64, 64, 3)
   m = _metrics(d)
   assert m["task"] == "colorize+super-resolve" and m["factor"] == 4
-  assert m["postprocess"] == "raw generator output"
+  assert "back-project" in m["postprocess"]     # the default prior's super-resolution default
 
   # --observed: the low-res gray input is the observation itself; no clean metrics.
   lowres = tmp_path / "lowres.png"
@@ -194,7 +201,7 @@ def test_paste_known_single_and_batch(tmp_path):
 
 
 def test_help_shows_the_defaults_of_the_model_and_task(capsys):
-  for argv, iterations in ((["--help"], 300), (["--task", "inpaint", "--help"], 200)):
+  for argv, iterations in ((["--help"], 400), (["--task", "inpaint", "--help"], 300)):
     with pytest.raises(SystemExit) as e:
       invert_images.main(argv)
     assert e.value.code == 0

@@ -25,7 +25,11 @@ LAYERS = {
     5: ("assets", ["mgan_jax.assets"]),
     6: ("command lines", ["mgan_jax.cli", "mgan_jax.invert", "mgan_jax.invert_images",
                           "mgan_jax.invert_reproduce", "mgan_jax.generate",
-                          "mgan_jax.manipulate", "convert.__main__"]),
+                          "mgan_jax.manipulate", "convert.__main__",
+                          # python -m mgan_jax.evaluate and its library, which resolves every
+                          # run's settings exactly as the inversion command line does (cli)
+                          "mgan_jax.evaluate", "mgan_jax.evaluation",
+                          "mgan_jax.evaluation_report"]),
 }
 
 

@@ -90,3 +90,17 @@ def test_to_signed_and_to_unit_conventions():
   assert M.to_signed(u8).dtype == np.float32
   np.testing.assert_array_equal(M.to_signed(np.array([-3.0, 0.25, 2.0])), [-1.0, 0.25, 1.0])
   np.testing.assert_allclose(M.to_unit(np.array([-1.0, 0.0, 1.0])), [0.0, 0.5, 1.0])
+
+
+def test_quality_batch_is_quality_of_each_pair():
+  rng = np.random.default_rng(3)
+  a = rng.integers(0, 256, (3, 24, 24, 3), dtype=np.uint8)
+  b = np.clip(a.astype(int) + rng.integers(-40, 41, a.shape), 0, 255).astype(np.uint8)
+  b[1] = a[1]                                     # identical pair: PSNR inf, SSIM 1
+  got = M.quality_batch(a, b)
+  for i in range(3):
+    want = M.quality(a[i], b[i])
+    assert got["psnr"][i] == pytest.approx(want["psnr"], rel=1e-6)
+    assert got["ssim"][i] == pytest.approx(want["ssim"], abs=1e-6)
+  assert got["psnr"][1] == float("inf") and got["ssim"][1] == pytest.approx(1.0)
+  assert M.quality_batch(a[:0], b[:0]) == {"psnr": [], "ssim": []}

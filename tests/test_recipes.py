@@ -18,6 +18,7 @@ from mgan_jax.generators.pggan import PGGAN
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SAMPLE = EXAMPLES / "dcgan_sample_9001.png"
+MASK = EXAMPLES / "mask_center.png"
 
 
 def _settings(argv, gen, *, model=None, tasks=("reconstruct",), defaults=None):
@@ -58,6 +59,16 @@ def test_official_recipe_is_the_published_settings(family, model):
   # the reproducibility mode's defaults are the same settings
   assert {k: D.OFFICIAL[k] for k in PUBLISHED if k in D.OFFICIAL} == \
       {k: PUBLISHED[k] for k in PUBLISHED if k in D.OFFICIAL}
+  # the official output is the raw generator image, whatever the model's default
+  assert inpaint["paste_known"] is False
+  assert D.defaults_for(family, model, ("super-resolve",), recipe="official")["back_project"] \
+      is False
+
+
+def test_a_recipe_keeps_the_output_options_it_does_not_name():
+  own = D.defaults_for("dcgan", "dcgan-faces64", ("inpaint",))
+  assert own["paste_known"] is True and own["recipe"] is None
+  assert D.defaults_for("dcgan", "dcgan-faces64", ("inpaint",), recipe="fast")["paste_known"]
 
 
 def test_official_recipe_resolves_to_the_official_optimiser_and_loss():
@@ -121,20 +132,23 @@ def test_user_mode_runs_each_recipe(tmp_path, capsys):
   for name in D.RECIPES:
     out = tmp_path / name
     rc = invert_images.main(["--image", str(SAMPLE), "--recipe", name, "--codes", "4",
-                             "--iterations", "2", "--chunk", "2", "--quiet", "--out", str(out)])
+                             "--iterations", "2", "--chunk", "2", "--quiet", "--out", str(out),
+                             "--task", "inpaint", "--mask", str(MASK)])
     assert rc == 0
     m = json.loads((out / SAMPLE.stem / "metrics.json").read_text())
     assert m["recipe"] == name
-    rec = D.defaults_for("dcgan", "dcgan-faces64", ("reconstruct",), recipe=name)
+    rec = D.defaults_for("dcgan", "dcgan-faces64", ("inpaint",), recipe=name)
+    assert m["paste_known"] is rec["paste_known"] is (name != "official")
     assert m["settings"]["optimizer"]["name"] == rec["optimizer"]
     assert m["settings"]["optimizer"]["lr"] == rec["lr"]
     assert m["settings"]["iterations"] == 2
     assert m["settings"]["loss"]["perceptual_size"] == rec["perceptual_size"]
   # --help shows the recipe's values
   with pytest.raises(SystemExit):
-    invert_images.main(["--recipe", "official", "--help"])
+    invert_images.main(["--recipe", "official", "--task", "inpaint", "--help"])
   text = " ".join(capsys.readouterr().out.split())
   assert "optimisation steps (default 3000)" in text and "(default sgd)" in text
+  assert "(official) (default: off for this model)" in text
 
 
 def test_reproduce_mode_runs_each_recipe(tmp_path):

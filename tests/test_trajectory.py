@@ -36,7 +36,7 @@ def test_official_trajectory_through_the_cli(tmp_path, xla_optimizations, capsys
       "--checkpoint", str(gen_dir), "--target", str(FIXTURES / "traj64_target.npy"),
       "--init", str(FIXTURES / "traj64_init.npz"), "--codes", "5", "--layer", "4",
       "--iterations", "30", "--optimizer", "sgd", "--lr", "1.0",
-      "--perceptual-weights", assets.vgg16_weights_path(),
+      "--perceptual-weights", str(assets.vgg_dir()),
       "--trace", str(trace), "--out", str(out), "--quiet"])
   assert rc == 0, capsys.readouterr().err
   ref = np.load(FIXTURES / "traj64_ref.npz")
