@@ -139,6 +139,7 @@ RECIPE_OUTPUT_KEYS = ("paste_known", "back_project")
 #: iterations (a fifth of the official 2000). On the PGGAN-256 benchmark (2-core CPU, 60
 #: iterations) Adam passed the official recipe's 60-iteration loss after 30, lr 0.1 ahead of
 #: 0.05 and 0.02; the full 2000-iteration comparison is scripts/bench_quality.py's GPU run.
+#: Not measured on the StyleGAN families.
 #: DCGAN: Adam lr 0.1, constant, no perceptual term, 300 iterations (inpaint and denoise 200,
 #: colorize and super-resolve 100): with a 64x64 image the official VGG term on a 256
 #: upsampling costs ~30x the rest of a step, and Adam on the pixel loss alone passes the

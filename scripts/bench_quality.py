@@ -631,18 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{settings.iterations} iterations")
       run = lambda: run_recipe(s, spec, settings, plan, measure=measure, initial=initial,
                                stop_after=stop_after, deadline=deadline)
-      if args.warm:
-        # a cache of this recipe's own: its first run compiles (cold), the second loads
-        cache_dir = tempfile.mkdtemp(prefix="xla-", dir=cache_root)
-        _use_compile_cache(cache_dir)
-        rec = run()
-        log(f"{name} {spec}: again, from the compilation cache")
-        warm = run()
-        rec["warm"] = {k: warm[k] for k in ("rows", "wall", "compile", "stopped")}
-        _use_compile_cache(None)
-        shutil.rmtree(cache_dir, ignore_errors=True)
-      else:
-        rec = run()
+      rec = _cold_and_warm(run, cache_root, f"{name} {spec}") if args.warm else run()
       rec["describe"] = s.describe
       rec["machine"] = meta["machine"]
     except Exception as e:  # noqa: BLE001 - record it and go on with the other recipes
@@ -662,11 +651,40 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
+def _cold_and_warm(run, cache_root: str, what: str) -> dict:
+  """``run()`` with a compilation cache of its own, twice: the first run compiles (cold), the
+  second loads the programs (its record under 'warm'). Without a working cache: cold only, the
+  reason under 'warm_error'."""
+  cache_dir = tempfile.mkdtemp(prefix="xla-", dir=cache_root)
+  try:
+    _use_compile_cache(cache_dir)
+  except Exception as e:  # noqa: BLE001 - measure the cold run anyway
+    log(f"{what}: no compilation cache ({e}); cold run only")
+    rec = run()
+    rec["warm_error"] = f"{type(e).__name__}: {e}"
+    return rec
+  try:
+    rec = run()
+    log(f"{what}: again, from the compilation cache")
+    warm = run()
+    rec["warm"] = {k: warm[k] for k in ("rows", "wall", "compile", "stopped")}
+    return rec
+  finally:
+    try:
+      _use_compile_cache(None)
+    except Exception:  # noqa: BLE001 - it was on; the next recipe's run reports any problem
+      pass
+    shutil.rmtree(cache_dir, ignore_errors=True)
+
+
 def _use_compile_cache(path: str | None) -> None:
   """JAX's persistent compilation cache in ``path`` with the command line's threshold
   (``cli.enable_compile_cache``), or off (None)."""
   import jax
-  from jax.experimental.compilation_cache import compilation_cache
+  try:
+    from jax.experimental.compilation_cache import compilation_cache
+  except ImportError:
+    from jax._src import compilation_cache
   jax.config.update("jax_enable_compilation_cache", path is not None)
   jax.config.update("jax_compilation_cache_dir", path)
   if path is not None:
