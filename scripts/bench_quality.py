@@ -353,8 +353,9 @@ def analyse(rec: dict, official: dict | None) -> dict:
          "loss": _mean(last["loss"]), "psnr": _mean(last["psnr"]), "wall": rec["wall"],
          "compile": rec["compile"], "stopped": rec.get("stopped"), "error": rec.get("error"),
          "t_target": None, "ratio": None, "ratio_warm": None}
-  if official is None or official.get("error") or not official["rows"][1:]:
-    return out
+  if official is None or official.get("error") or official.get("stopped") or \
+      not official["rows"][1:]:
+    return out                     # no complete reference: no target
   target = _mean(official["rows"][-1]["loss"])
   out["target_loss"] = target
   hit = next((r for r in rec["rows"][1:] if _mean(r["loss"]) <= target * (1 + 1e-6)), None)
@@ -631,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{settings.iterations} iterations")
       run = lambda: run_recipe(s, spec, settings, plan, measure=measure, initial=initial,
                                stop_after=stop_after, deadline=deadline)
-      rec = _cold_and_warm(run, cache_root, f"{name} {spec}") if args.warm else run()
+      rec = _cold_and_warm(run, cache_root, f"{name} {spec}", deadline) if args.warm else run()
       rec["describe"] = s.describe
       rec["machine"] = meta["machine"]
     except Exception as e:  # noqa: BLE001 - record it and go on with the other recipes
@@ -651,10 +652,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
-def _cold_and_warm(run, cache_root: str, what: str) -> dict:
+def _cold_and_warm(run, cache_root: str, what: str, deadline: float | None) -> dict:
   """``run()`` with a compilation cache of its own, twice: the first run compiles (cold), the
-  second loads the programs (its record under 'warm'). Without a working cache: cold only, the
-  reason under 'warm_error'."""
+  second loads the programs (its record under 'warm'; not run after ``deadline``). Without a
+  working cache: cold only, the reason under 'warm_error'."""
   cache_dir = tempfile.mkdtemp(prefix="xla-", dir=cache_root)
   try:
     _use_compile_cache(cache_dir)
@@ -665,6 +666,8 @@ def _cold_and_warm(run, cache_root: str, what: str) -> dict:
     return rec
   try:
     rec = run()
+    if deadline is not None and time.perf_counter() > deadline:
+      return rec
     log(f"{what}: again, from the compilation cache")
     warm = run()
     rec["warm"] = {k: warm[k] for k in ("rows", "wall", "compile", "stopped")}
