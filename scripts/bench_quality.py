@@ -481,18 +481,23 @@ def write_summary(records: list[dict], out_dir: str, meta: dict) -> list[dict]:
 # The command line's benchmark input (peak memory of the CLI).
 # ----------------------------------------------------------------------------------------------
 def export_cli_setting(out_dir: str) -> None:
-  """DIR/pggan256 (model directory), DIR/target.npy: the PGGAN-256 benchmark for
-  ``python -m mgan_jax.invert``; prints the command."""
-  from mgan_jax import checkpoint
+  """DIR/pggan256 (model directory), DIR/target.npy and DIR/target.png: the PGGAN-256
+  benchmark for ``python -m mgan_jax.invert``; prints the commands of both modes (a few
+  iterations, nothing from the compilation cache: the peak memory of a first run)."""
+  from mgan_jax import checkpoint, imageio
   s = pggan_setting(None, 1)
   os.makedirs(out_dir, exist_ok=True)
   model = os.path.join(out_dir, "pggan256")
   checkpoint.save_model(model, s.gen, s.gen_params, source={"note": "random weights, seed 0"},
                         overwrite=True)
   np.save(os.path.join(out_dir, "target.npy"), s.targets[0])
-  print(f"python -m mgan_jax.invert --model {model} --target {out_dir}/target.npy "
-        f"--codes 20 --layer 6 --recipe official --iterations 4 --chunk 2 "
-        f"--out {out_dir}/result.npz --force")
+  imageio.write_png(os.path.join(out_dir, "target.png"), imageio.to_uint8(s.targets[0]))
+  common = ("--codes 20 --layer 6 --recipe official --iterations 4 --chunk 2 --force "
+            "--no-compile-cache")
+  print(f"python -m mgan_jax.invert --model {model} --target {out_dir}/target.npy {common} "
+        f"--out {out_dir}/result.npz")
+  print(f"python -m mgan_jax.invert --model {model} --image {out_dir}/target.png {common} "
+        f"--out {out_dir}/user")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -528,8 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--report", nargs="+", metavar="DIR",
                  help="only merge DIR/results.jsonl into --out: table, summary and plots")
   p.add_argument("--export-cli-setting", metavar="DIR",
-                 help="only write the PGGAN-256 benchmark as a model directory and target.npy "
-                      "for the command line, and print the command")
+                 help="only write the PGGAN-256 benchmark as a model directory, target.npy and "
+                      "target.png for the command line, and print the commands")
   args = p.parse_args(argv)
   if args.report:
     if not args.out:
