@@ -233,8 +233,17 @@ def add_inversion_arguments(parser: argparse.ArgumentParser, *,
   """The optimisation and loss flags. Every default is None here (so that an explicit value can
   be told from a default); ``defaults`` are the values ``resolve_settings`` will use, shown in
   --help."""
+  from mgan_jax.defaults import RECIPES
   d = defaults
   o = parser.add_argument_group(title)
+  shown_recipe = (f" (default {d['recipe']})" if d and d.get("recipe") else
+                  " (default: none, the model's own settings)" if d else "")
+  o.add_argument("--recipe", choices=tuple(RECIPES), default=None,
+                 help="how to optimise: official (the paper's: SGD lr 1.0, MSE + 1e-3 * VGG16 "
+                      "relu3_3 at 256, 3000 iterations; colorize 1500, super-resolve 2000) or "
+                      "fast (reaches the official loss in a fraction of the time, "
+                      "docs/engine.md); sets the optimiser, learning rates, schedule, loss and "
+                      f"iterations, which the flags below override{shown_recipe}")
   o.add_argument("--method", type=method_name, default=None, metavar="METHOD",
                  help=f"{', '.join(METHODS)}: multi-code is mGANprior (multi-z for z-input "
                       f"priors, multi-w+ for StyleGAN); the others are single codes"
@@ -281,9 +290,11 @@ def add_inversion_arguments(parser: argparse.ArgumentParser, *,
 
 
 def resolve_settings(args: argparse.Namespace, gen: Any, defaults: Mapping[str, Any], *,
-                     init_meta: Mapping[str, Any] | None = None) -> Any:
+                     init_meta: Mapping[str, Any] | None = None, model: str | None = None,
+                     tasks: tuple[str, ...] = ("reconstruct",)) -> Any:
   """``pipeline.Settings`` from the flags, falling back to the ``--init`` file's method /
-  codes / layer, then to ``defaults`` (``mgan_jax.defaults``); UserError for impossible
+  codes / layer, then to ``defaults`` (``mgan_jax.defaults``) with ``--recipe`` applied for
+  the generator's family, the named ``model`` and the ``tasks``; UserError for impossible
   combinations."""
   from mgan_jax import defaults as defaults_lib, engine
   from mgan_jax import latents as latents_lib
@@ -292,6 +303,10 @@ def resolve_settings(args: argparse.Namespace, gen: Any, defaults: Mapping[str, 
   from mgan_jax.optimize import OptimizerConfig
   from mgan_jax.pipeline import Settings
   init_meta = dict(init_meta or {})
+  defaults = dict(defaults)
+  if getattr(args, "recipe", None) and defaults.get("recipe") != args.recipe:
+    defaults = defaults_lib.apply_recipe(defaults, args.recipe, family=gen.family, model=model,
+                                         tasks=tuple(tasks))
   if args.method is not None:
     method = engine_method(args.method, gen)
   elif init_meta.get("method") in latents_lib.METHODS:
@@ -323,7 +338,14 @@ def resolve_settings(args: argparse.Namespace, gen: Any, defaults: Mapping[str, 
     lr = defaults_lib.OPTIMIZER_LR[args.optimizer]
   else:
     lr = defaults["lr"]
-  optimizer = OptimizerConfig(name=opt_name, lr=float(lr))
+  schedule = defaults.get("schedule", "constant")
+  warmup = int(defaults.get("warmup_steps", 0))
+  sched = {} if schedule == "constant" else {
+      "schedule": schedule, "decay_steps": max(1, int(iterations) - warmup),
+      "end_factor": float(defaults.get("end_factor", 0.0))}
+  optimizer = OptimizerConfig(
+      name=opt_name, lr=float(lr), warmup_steps=warmup, **sched,
+      lr_multipliers=tuple(sorted((defaults.get("lr_multipliers") or {}).items())))
   pick = lambda flag, key, fallback=None: (getattr(args, flag) if getattr(args, flag) is not None
                                            else defaults.get(key, fallback))
   layers = args.perceptual_layers or (defaults["perceptual_layer"],)

@@ -9,12 +9,22 @@ the largest of the tasks' values.
 
 Keys: ``method`` (CLI name, ``mgan_jax.methods``), ``codes``, ``layer``, ``optimizer``, ``lr``,
 ``iterations``, ``perceptual_weight``, ``perceptual_size`` (None = the image's own),
-``perceptual_layer``, ``factor`` (super-resolve), ``alpha_init``.
+``perceptual_layer``, ``factor`` (super-resolve), ``alpha_init``, ``paste_known`` (inpaint),
+``back_project`` (super-resolve), ``recipe`` (the recipe applied when ``--recipe`` is not given,
+or None).
+
+Recipes (``RECIPES``, ``--recipe NAME``) are named ways to optimise -- optimiser, schedule,
+per-latent learning rates, loss, iteration counts -- applied on top of a model's defaults, which
+keep saying *what* is optimised (method, codes, layer, initialisation). ``official`` is the
+paper's; ``fast`` reaches the official recipe's loss in a fraction of its time
+(docs/engine.md, "Time to a good result"). A recipe sets every key of ``RECIPE_KEYS``, so the
+result does not depend on the recipe the table applied before, and the output options
+(``RECIPE_OUTPUT_KEYS``) only where it names them (``official``: the raw generator output).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from mgan_jax.errors import UserError
 
@@ -100,28 +110,118 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
-DEFAULTS = {"family": FAMILY_DEFAULTS, "model": MODEL_DEFAULTS}
+#: The optimisation keys every recipe sets (absent keys take these neutral values): optimiser
+#: and learning rate, ``schedule`` (``optimize.SCHEDULES``; it decays over the run's iterations)
+#: with its ``end_factor`` and ``warmup_steps``, ``lr_multipliers`` (per latent key, e.g.
+#: ``{'alpha': 0.1}``), the loss weights, the VGG term's size and layer, and ``iterations``.
+RECIPE_KEYS: dict[str, Any] = {
+    "optimizer": "sgd", "lr": 1.0, "schedule": "constant", "end_factor": 0.0,
+    "warmup_steps": 0, "lr_multipliers": {}, "mse_weight": 1.0, "l1_weight": 0.0,
+    "perceptual_weight": 1e-3, "perceptual_size": 256, "perceptual_layer": "relu3_3",
+    "iterations": 3000,
+}
+
+#: Output options a recipe may set (only where it names them; otherwise the model's stay).
+RECIPE_OUTPUT_KEYS = ("paste_known", "back_project")
 
 
-def defaults_for(family: str, model: str | None, tasks: tuple[str, ...]) -> dict[str, Any]:
+#: Named recipes: values for ``RECIPE_KEYS`` (missing = the neutral value), then overrides per
+#: generator family ("family"), per named model ("model") and per task ("tasks").
+#:
+#: official: the official mGANprior scripts (official_mganprior.md §2.7): SGD lr 1.0, MSE +
+#: 1e-3 * L1(VGG16 relu3_3) on a 256 nearest resize (inpainting: vgg_lambda 0.1 -> 1e-4), 3000
+#: iterations (colorization 1500, super-resolution 2000; denoising has no official script: the
+#: inversion's 3000).
+#:
+#: fast: reaches the official recipe's final loss (after 2000 iterations) in a small fraction
+#: of its time (docs/engine.md, "Time to a good result"; scripts/bench_quality.py).
+#: PGGAN / StyleGAN (the official loss, VGG16 at 256, kept): Adam lr 0.1, constant, 400
+#: iterations (a fifth of the official 2000). On the PGGAN-256 benchmark (2-core CPU, 60
+#: iterations) Adam passed the official recipe's 60-iteration loss after 30, lr 0.1 ahead of
+#: 0.05 and 0.02; the full 2000-iteration comparison is scripts/bench_quality.py's GPU run.
+#: Not measured on the StyleGAN families.
+#: DCGAN: Adam lr 0.1, constant, no perceptual term, 300 iterations (inpaint and denoise 200,
+#: colorize and super-resolve 100): with a 64x64 image the official VGG term on a 256
+#: upsampling costs ~30x the rest of a step, and Adam on the pixel loss alone passes the
+#: official recipe's 2000-iteration loss (VGG term included) within its first 15 iterations; a
+#: cosine decay (-3 dB at 300 iterations), alpha's learning rate halved (-1 dB) and the VGG
+#: term at 64x64 (5 % lower loss, twice the time) were slower to a good result (2-core CPU,
+#: two held-out samples). The default prior's defaults (no recipe) spend more time for quality:
+#: the VGG term at weight 0.01 and 400 iterations (docs/RESULTS.md).
+RECIPES: dict[str, dict[str, Any]] = {
+    "official": {
+        "optimizer": "sgd", "lr": 1.0, "mse_weight": 1.0, "l1_weight": 0.0,
+        "perceptual_weight": 1e-3, "perceptual_size": 256, "perceptual_layer": "relu3_3",
+        "iterations": 3000, "paste_known": False, "back_project": False,
+        "tasks": {"colorize": {"iterations": 1500}, "super-resolve": {"iterations": 2000},
+                  "inpaint": {"perceptual_weight": 1e-4}},
+    },
+    "fast": {
+        "optimizer": "adam", "lr": 0.1, "perceptual_weight": 1e-3, "perceptual_size": 256,
+        "iterations": 400,
+        "tasks": {"inpaint": {"perceptual_weight": 1e-4}},
+        "family": {"dcgan": {
+            "perceptual_weight": 0.0, "perceptual_size": None, "iterations": 300,
+            "tasks": {"inpaint": {"iterations": 200}, "denoise": {"iterations": 200},
+                      "colorize": {"iterations": 100}, "super-resolve": {"iterations": 100}}}},
+    },
+}
+
+DEFAULTS = {"family": FAMILY_DEFAULTS, "model": MODEL_DEFAULTS, "recipe": RECIPES}
+
+
+def _layered(sources: list[dict], tasks: tuple[str, ...]) -> dict[str, Any]:
+  """``sources`` in order, each followed by its per-task overrides; a combined task's
+  iterations: the largest of the tasks' own values."""
+  out: dict[str, Any] = {}
+  for src in sources:
+    out.update({k: v for k, v in src.items() if k not in ("tasks", "family", "model")})
+    for name in tasks:
+      out.update(src.get("tasks", {}).get(name, {}))
+  if len(tasks) > 1:
+    own = [_layered(sources, (name,)).get("iterations") for name in tasks]
+    if all(v is not None for v in own):
+      out["iterations"] = max(own)
+  return out
+
+
+def apply_recipe(defaults: dict[str, Any], recipe: str | Mapping[str, Any], *, family: str,
+                 model: str | None, tasks: tuple[str, ...]) -> dict[str, Any]:
+  """``defaults`` with the optimisation keys (``RECIPE_KEYS``) of ``recipe`` -- a name of
+  ``RECIPES`` or a recipe given as data, laid out as the table's entries -- for this family,
+  model and tasks, and the output options it names; UserError naming ``--recipe`` for an
+  unknown name or key."""
+  if isinstance(recipe, str):
+    rec = RECIPES.get(recipe)
+    if rec is None:
+      raise UserError(f"--recipe: unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
+  else:
+    rec = dict(recipe)
+  unknown = sorted(set(rec) - set(RECIPE_KEYS) - set(RECIPE_OUTPUT_KEYS)
+                   - {"tasks", "family", "model", "name"})
+  if unknown:
+    raise UserError(f"--recipe: unknown recipe keys {', '.join(unknown)} "
+                    f"(known: {', '.join([*RECIPE_KEYS, *RECIPE_OUTPUT_KEYS])})")
+  sources = [RECIPE_KEYS, rec, rec.get("family", {}).get(family, {}),
+             rec.get("model", {}).get(model or "", {})]
+  out = dict(defaults)
+  out.update({k: v for k, v in _layered(sources, tasks).items() if k != "name"})
+  out["recipe"] = recipe if isinstance(recipe, str) else rec.get("name", "custom")
+  return out
+
+
+def defaults_for(family: str, model: str | None, tasks: tuple[str, ...], *,
+                 recipe: str | None = None) -> dict[str, Any]:
   """Resolved defaults for a generator ``family``, a named ``model`` (or None) and the task
-  names (``tasks.Task.tasks``)."""
+  names (``tasks.Task.tasks``), with ``recipe`` (default: the table's ``recipe`` entry, if
+  any) applied (``apply_recipe``)."""
   fam = FAMILY_DEFAULTS.get(family)
   if fam is None:
     raise UserError(f"no defaults for generator family {family!r}")
-  out = {k: v for k, v in fam.items() if k != "tasks"}
-  mod = MODEL_DEFAULTS.get(model or "", {})
-  for name in tasks:
-    out.update(fam.get("tasks", {}).get(name, {}))
-  out.update({k: v for k, v in mod.items() if k != "tasks"})
-  for name in tasks:
-    out.update(mod.get("tasks", {}).get(name, {}))
-  per_task = [src.get("tasks", {}).get(name, {}).get("iterations")
-              for src in (fam, mod) for name in tasks]
-  per_task = [v for v in per_task if v is not None]
-  if len(tasks) > 1 and per_task:
-    out["iterations"] = max(per_task)
-  return out
+  out = {**RECIPE_KEYS, "recipe": None,
+         **_layered([fam, MODEL_DEFAULTS.get(model or "", {})], tasks)}
+  name = recipe or out.get("recipe")
+  return apply_recipe(out, name, family=family, model=model, tasks=tasks) if name else out
 
 
 def model_has_defaults(name: str | None) -> bool:
@@ -130,4 +230,5 @@ def model_has_defaults(name: str | None) -> bool:
 
 
 __all__ = ["DEFAULT_MODEL", "OFFICIAL", "OPTIMIZER_LR", "FAMILY_DEFAULTS", "MODEL_DEFAULTS",
-           "DEFAULTS", "defaults_for", "model_has_defaults"]
+           "RECIPE_KEYS", "RECIPE_OUTPUT_KEYS", "RECIPES", "DEFAULTS", "defaults_for",
+           "apply_recipe", "model_has_defaults"]

