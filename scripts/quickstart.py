@@ -64,7 +64,9 @@ def main(argv: list[str]) -> int:
   ensure_venv()
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   if argv[0] == "test":
-    cmd = [PY, "-m", "pytest", "-q", "tests", *argv[1:]]
+    # two workers: the suite is mostly single-threaded XLA compilation (CI has 2 cores)
+    cmd = [PY, "-m", "pytest", "-q", "-n", os.environ.get("MGAN_JAX_TEST_WORKERS", "2"), "tests",
+           *argv[1:]]
   else:
     cmd = [PY, os.path.join(ROOT, "scripts", "demo.py"), *argv[1:]]
   print("+", " ".join(cmd), flush=True)
