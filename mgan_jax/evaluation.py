@@ -526,6 +526,11 @@ class Prepared:
   def key(self) -> str:
     return _key(self.payload)
 
+  @property
+  def cached(self) -> bool:
+    """Is the run's result in the cache already?"""
+    return self.path is not None and self.path.is_file()
+
   def describe(self) -> str:
     s = self.settings
     return (f"{self.job.case} {self.job.method}"
@@ -737,8 +742,7 @@ class Evaluator:
     self.run_devices: dict[str, int] = {}  # device -> inversions run (or cached) on it
 
   def is_cached(self, job: Job) -> bool:
-    prep = self.prepare(job)
-    return prep.path is not None and prep.path.is_file()
+    return self.prepare(job).cached
 
   def vgg(self, settings: Any) -> Any:
     from mgan_jax import assets
@@ -812,7 +816,7 @@ class Evaluator:
     queued = {p.key for p in self._queue}
     for job in jobs:
       prep = self.prepare(job)
-      if prep.key in queued or (prep.path is not None and prep.path.is_file()):
+      if prep.key in queued or prep.cached:
         continue
       queued.add(prep.key)
       self._queue.append(prep)
@@ -823,7 +827,7 @@ class Evaluator:
       return
     while self._queue and len(self._ahead) < AHEAD_PER_WORKER * self.cfg.workers():
       prep = self._queue.pop(0)
-      if prep.key in self._ahead or (prep.path is not None and prep.path.is_file()):
+      if prep.key in self._ahead or prep.cached:
         continue
       self._ahead[prep.key] = self._pool.submit(
           build_inverter, self.gen, self.params, self.vgg(prep.settings), prep,
@@ -840,7 +844,7 @@ class Evaluator:
   def run(self, job: Job) -> tuple[Run, Prepared]:
     """Run one job (or read it from the cache): (run, prepared job)."""
     prep = self.prepare(job)
-    if prep.path is not None and prep.path.is_file():
+    if prep.cached:
       self.log(f"  {prep.describe()}: cached")
       run = load_run(prep.path, snapshots=job.snapshots)
       self._count_device(run)
