@@ -97,9 +97,13 @@ def _check_output(path: str | None, flag: str, force: bool) -> None:
     raise UserError(f"{flag} {path} is a directory; give a file name such as out.npz")
   if os.path.exists(path) and not force:
     raise UserError(f"{flag} {path} already exists; pass --force to replace it")
+  # Missing directories are created when the file is written (as the user mode does); an
+  # existing ancestor must be a directory.
   parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
   if not os.path.isdir(parent):
-    raise UserError(f"{flag} {path}: directory {parent} does not exist")
+    raise UserError(f"{flag} {path}: {parent} is not a directory")
 
 
 def _latent_arrays(latents: dict) -> dict[str, np.ndarray]:

@@ -50,6 +50,11 @@ def test_outputs_and_determinism(files, tmp_path):
   assert trace["loss"].shape == (12,) and trace["loss"][-1] < trace["loss"][0]
   assert np.isfinite(res["final_loss"]) and res["final_loss"] < trace["loss"][0]
   np.testing.assert_array_equal(trace["loss"], np.load(tmp_path / "b_trace.npz")["loss"])
+  # missing output directories are created, as in the user mode
+  assert invert.main(_args(d, tmp_path / "new" / "r.npz", "--seed", "7",
+                           "--trace", str(tmp_path / "new2" / "sub" / "t.npz"))) == 0
+  np.testing.assert_array_equal(np.load(tmp_path / "new2" / "sub" / "t.npz")["loss"],
+                                trace["loss"])
   # existing outputs are kept unless --force
   assert invert.main(_args(d, tmp_path / "a.npz")) == 2
   assert invert.main(_args(d, tmp_path / "a.npz", "--force")) == 0
@@ -93,6 +98,7 @@ def test_cli_agrees_with_the_api_including_vgg(files, tmp_path):
     ("bad_layer", "--layer"), ("missing_checkpoint", "--checkpoint"),
     ("bad_vgg", "--perceptual-weights"), ("negative_iterations", "--iterations"),
     ("unknown_flag", "--bogus"), ("bad_optimizer", "--optimizer"),
+    ("trace_under_a_file", "--trace"),
 ])
 def test_bad_input_is_one_error_line_exit_2_nothing_written(files, tmp_path, capsys, case,
                                                             flag):
@@ -139,6 +145,9 @@ def test_bad_input_is_one_error_line_exit_2_nothing_written(files, tmp_path, cap
     args += ["--bogus"]
   elif case == "bad_optimizer":
     args += ["--optimizer", "lbfgs"]
+  elif case == "trace_under_a_file":
+    (tmp_path / "file").write_text("user data")
+    replace("--trace", str(tmp_path / "file" / "sub" / "trace.npz"))
   assert invert.main(args) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and flag in err[0], err

@@ -64,7 +64,6 @@ def run_command(words: list[str]) -> int:
 def scratch(tmp_path, monkeypatch):
   for name in ("examples", "tests"):
     (tmp_path / name).symlink_to(ROOT / name)
-  (tmp_path / "out").mkdir()     # made by the README's first commands (blocks run on their own)
   monkeypatch.chdir(tmp_path)
   return tmp_path
 
