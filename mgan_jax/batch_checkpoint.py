@@ -34,7 +34,7 @@ import numpy as np
 
 from mgan_jax import fileio
 from mgan_jax.engine import BatchState
-from mgan_jax.errors import UserError
+from mgan_jax.errors import UserError, interrupts_deferred
 
 FORMATS = ("orbax", "npz")
 _CKPT_RE = re.compile(r"^ckpt-b(\d{6})-i(\d{8})$")
@@ -97,7 +97,9 @@ class CheckpointStore:
             "arrays": {k: [list(v.shape), v.dtype.str] for k, v in arrays.items()},
             "extra": json.loads(json.dumps(dict(extra or {}), default=str))}
     path = os.path.join(self.path, f"ckpt-b{int(batch):06d}-i{int(state.iteration):08d}")
-    with fileio.publish(path, kind="dir", replace=True, durable=True) as tmp:
+    # Ctrl-C waits for the write: orbax aborts the process if interrupted mid-write
+    with interrupts_deferred(), fileio.publish(path, kind="dir", replace=True,
+                                               durable=True) as tmp:
       if self.fmt == "orbax":
         import orbax.checkpoint as ocp  # lazily: orbax is slow to import
         with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckpt:  # synchronous
@@ -127,7 +129,7 @@ class CheckpointStore:
         raise ValueError("meta.json is not an object")
       if meta["format"] == "orbax":
         import orbax.checkpoint as ocp
-        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckpt:
+        with interrupts_deferred(), ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckpt:
           got = ckpt.restore(os.path.join(path, "arrays"), args=ocp.args.StandardRestore())
       else:
         with np.load(os.path.join(path, "arrays.npz"), allow_pickle=False) as z:

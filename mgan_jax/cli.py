@@ -200,8 +200,9 @@ def compile_cache_dir(args: argparse.Namespace | None = None,
 def enable_compile_cache(args: argparse.Namespace | None = None) -> str | None:
   """Turn on JAX's persistent compilation cache (``compile_cache_dir``) for this process, so a
   repeated command skips compiling the programs it compiled before (programs that took at
-  least half a second to compile are kept). Call before anything compiles. Returns the
-  directory, or None when off."""
+  least half a second to compile are kept; JAX's own
+  ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS``, when set, decides instead). Call before
+  anything compiles. Returns the directory, or None when off."""
   path = compile_cache_dir(args)
   if path is None:
     return None
@@ -212,7 +213,8 @@ def enable_compile_cache(args: argparse.Namespace | None = None) -> str | None:
     raise UserError(f"{ENV_COMPILE_CACHE}: cannot create the compilation cache {path} "
                     f"({e.strerror or e}); pass --no-compile-cache") from None
   jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   return path
 
 

@@ -101,7 +101,7 @@ def test_cli_kill_and_rerun_gives_the_uninterrupted_outputs(tmp_path):
     time.sleep(0.005)
   second.send_signal(signal.SIGINT)
   _, err2 = second.communicate(timeout=300)
-  assert second.returncode == 130, err2[-3000:]
+  assert second.returncode == 130, (second.returncode, err2[-3000:])
   assert err2.strip().splitlines()[-1].startswith("interrupted; rerun the same command"), err2
   assert "Traceback" not in err2
   err = _finish(_cli(model, images, tmp_path / "run"))   # and once more: it finishes
