@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -44,8 +45,18 @@ def start_cli(model, images, out, *extra: str, iterations: int,
   cmd = [sys.executable, "-m", "mgan_jax.invert", "--checkpoint", str(model), "--image",
          str(images), "--batch-size", "2", "--iterations", str(iterations),
          "--checkpoint-every", str(checkpoint_every), "--out", str(out), *CLI_FLAGS, *extra]
-  return subprocess.Popen(cmd, cwd=ROOT, env=cli_env(2), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  # Ctrl-C reaches the command even where the suite itself runs with SIGINT ignored (a
+  # background job of a non-interactive shell), since the tests send it on purpose: an ignored
+  # signal stays ignored across exec, a handled one does not
+  ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+  if ignored:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    return subprocess.Popen(cmd, cwd=ROOT, env=cli_env(2), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+  finally:
+    if ignored:
+      signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_cli_inputs(root, *, images: int = 5) -> tuple[Path, Path]:

@@ -11,6 +11,14 @@ import pytest
 from mgan_jax.errors import interrupts_deferred
 
 
+@pytest.fixture(autouse=True)
+def python_handles_sigint():
+  """Python's own Ctrl-C handler, also where the suite runs with SIGINT ignored."""
+  before = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, before)
+
+
 def _interrupt_self():
   os.kill(os.getpid(), signal.SIGINT)
   time.sleep(0.05)          # the signal is handled by now
