@@ -80,7 +80,7 @@ from mgan_jax.evaluation_cases import (
 from mgan_jax.evaluation_config import (
     SETTING_KEYS, SWEEP_KEYS, Config, load_config, run_settings)
 from mgan_jax.evaluation_runs import (
-    CACHE_VERSION, LPIPS_BATCH, Job, Prepared, Run, _key, build_inverter, environment, execute,
+    CACHE_VERSION, LPIPS_BATCH, Job, Prepared, Run, cache_key, build_inverter, environment, execute,
     load_run, measure, save_run, summarize)
 
 #: jobs compiled ahead of the running one, per compile thread
@@ -220,7 +220,7 @@ class Evaluator:
     payload = {"version": CACHE_VERSION, "case": case.name, "model": self.label,
                "mask": case.mask, "method": job.method, "settings": settings.to_json(),
                "task": run_task.to_json(), "images": fp, "snapshots": job.snapshots}
-    key = _key(payload)
+    key = cache_key(payload)
     hit = self._prepared.get(key)
     if hit is not None:
       return dataclasses.replace(hit, job=job)

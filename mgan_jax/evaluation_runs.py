@@ -76,7 +76,7 @@ class Prepared:
 
   @property
   def key(self) -> str:
-    return _key(self.payload)
+    return cache_key(self.payload)
 
   @property
   def cached(self) -> bool:
@@ -108,7 +108,8 @@ def _recording_inverter(base: type) -> type:
   return Recording
 
 
-def _key(payload: Mapping[str, Any]) -> str:
+def cache_key(payload: Mapping[str, Any]) -> str:
+  """The run cache's file key of a configuration (a hash of its JSON payload)."""
   return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()
                         ).hexdigest()[:20]
 
@@ -221,5 +222,5 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
 
 
 
-__all__ = ["CACHE_VERSION", "LPIPS_BATCH", "Run", "Job", "Prepared", "build_inverter",
+__all__ = ["CACHE_VERSION", "LPIPS_BATCH", "Run", "Job", "Prepared", "build_inverter", "cache_key",
            "execute", "environment", "load_run", "save_run", "measure", "summarize"]
