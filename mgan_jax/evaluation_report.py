@@ -32,7 +32,9 @@ import numpy as np
 
 from mgan_jax import fileio, imageio
 from mgan_jax.errors import UserError
-from mgan_jax.evaluation import CASES, Report, Row, summarize
+from mgan_jax.evaluation import Report, Row
+from mgan_jax.evaluation_cases import CASES
+from mgan_jax.evaluation_runs import summarize
 
 #: metric -> (column title, higher is better, format)
 METRICS: dict[str, tuple[str, bool, str]] = {

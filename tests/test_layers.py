@@ -29,7 +29,8 @@ LAYERS = {
                           # python -m mgan_jax.evaluate and its library, which resolves every
                           # run's settings exactly as the inversion command line does (cli)
                           "mgan_jax.evaluate", "mgan_jax.evaluation",
-                          "mgan_jax.evaluation_report"]),
+                          "mgan_jax.evaluation_cases", "mgan_jax.evaluation_config",
+                          "mgan_jax.evaluation_runs", "mgan_jax.evaluation_report"]),
 }
 
 
