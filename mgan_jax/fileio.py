@@ -133,28 +133,42 @@ def _fsync_file(path: Path) -> None:
     os.fsync(f.fileno())
 
 
+def _move_if_free(tmp: Path, final: Path, *, kind: str) -> bool:
+  """Move ``tmp`` to a free ``final``; False when ``final`` is (or meanwhile became) occupied,
+  e.g. by another process or thread publishing the same thing."""
+  if is_occupied(final):
+    return False
+  if kind == "dir" and os.path.isdir(final) and not os.path.islink(final):
+    try:
+      os.rmdir(final)             # an empty directory is free
+    except OSError:
+      if is_occupied(final):      # filled meanwhile
+        return False
+      raise
+  if kind == "file":
+    try:
+      os.link(tmp, final)         # fails if final appeared meanwhile: never a silent overwrite
+      return True
+    except FileExistsError:
+      return False
+    except OSError:               # a file system without hard links
+      if os.path.lexists(final):
+        return False
+      os.rename(tmp, final)
+      return True
+  try:
+    os.rename(tmp, final)         # onto a non-empty directory: OSError, never a merge
+    return True
+  except OSError:
+    if not is_occupied(final):
+      raise
+    return False
+
+
 def _move_into_place(tmp: Path, final: Path, *, kind: str, replace: bool,
                      exist_ok: bool) -> None:
-  if not is_occupied(final):
-    if kind == "dir" and os.path.isdir(final) and not os.path.islink(final):
-      os.rmdir(final)             # an empty directory is free
-    if kind == "file":
-      try:
-        os.link(tmp, final)       # fails if final appeared meanwhile: never a silent overwrite
-        return
-      except FileExistsError:
-        pass
-      except OSError:             # a file system without hard links
-        if not os.path.lexists(final):
-          os.rename(tmp, final)
-          return
-    else:
-      try:
-        os.rename(tmp, final)     # onto a non-empty directory: OSError, never a merge
-        return
-      except OSError:
-        if not is_occupied(final):
-          raise
+  if _move_if_free(tmp, final, kind=kind):
+    return
   if exist_ok and not replace:
     return
   if not replace:

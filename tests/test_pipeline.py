@@ -4,6 +4,7 @@ fitting, latent files, atomic publishing, tasks, metrics."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,45 @@ def test_publish_leaves_nothing_on_failure_and_never_overwrites(tmp_path):
   # a temporary left by a killed writer is recognised and removed
   (tmp_path / ".tmp-f4-abc").write_text("half")
   assert fileio.remove_stale_temporaries(tmp_path, older_than=0) == [tmp_path / ".tmp-f4-abc"]
+
+
+def test_publish_exist_ok_when_another_writer_fills_the_place_first(tmp_path, monkeypatch):
+  """Two writers of the same thing (the asset cache's concurrent first use): the one that finds
+  the place filled after its own check discards its copy, whatever step the other was at."""
+  final = tmp_path / "model"
+  real = fileio.is_occupied
+  with fileio.publish(final, kind="dir", exist_ok=True) as d:
+    (d / "data.txt").write_text("ours")
+    final.mkdir()                                   # the other writer's, after our check ...
+    (final / "data.txt").write_text("theirs")
+    calls = []
+
+    def stale_first(path):                          # ... which saw the place still free
+      calls.append(path)
+      return len(calls) > 1 and real(path)
+
+    monkeypatch.setattr(fileio, "is_occupied", stale_first)
+  assert (final / "data.txt").read_text() == "theirs"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+  monkeypatch.setattr(fileio, "is_occupied", real)
+  errors = []
+
+  def writer(root, i):
+    try:
+      with fileio.publish(root / "model", kind="dir", exist_ok=True) as d:
+        (d / "data.txt").write_text(str(i))
+    except Exception as e:  # noqa: BLE001 - reported below
+      errors.append(e)
+
+  for trial in range(20):
+    root = tmp_path / f"t{trial}"
+    threads = [threading.Thread(target=writer, args=(root, i)) for i in range(4)]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+    assert sorted(p.name for p in root.iterdir()) == ["model"]
+  assert errors == []
 
 
 def test_tasks_parse_degrade_and_postprocess():
