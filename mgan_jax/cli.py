@@ -197,11 +197,14 @@ def compile_cache_dir(args: argparse.Namespace | None = None,
   return os.fspath(assets.cache_dir() / "xla")
 
 
+#: Compile time (s) from which a program is kept in the persistent compilation cache.
+COMPILE_CACHE_MIN_SECONDS = 0.5
+
+
 def enable_compile_cache(args: argparse.Namespace | None = None) -> str | None:
   """Turn on JAX's persistent compilation cache (``compile_cache_dir``) for this process, so a
-  repeated command skips compiling the programs it compiled before (programs that took at
-  least half a second to compile are kept; JAX's own
-  ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS``, when set, decides instead). Call before
+  repeated command skips compiling the programs it compiled before (those that took at least
+  ``COMPILE_CACHE_MIN_SECONDS`` to compile: ``set_compile_cache_threshold``). Call before
   anything compiles. Returns the directory, or None when off."""
   path = compile_cache_dir(args)
   if path is None:
@@ -213,9 +216,16 @@ def enable_compile_cache(args: argparse.Namespace | None = None) -> str | None:
     raise UserError(f"{ENV_COMPILE_CACHE}: cannot create the compilation cache {path} "
                     f"({e.strerror or e}); pass --no-compile-cache") from None
   jax.config.update("jax_compilation_cache_dir", path)
-  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  set_compile_cache_threshold()
   return path
+
+
+def set_compile_cache_threshold() -> None:
+  """Keep programs that took at least ``COMPILE_CACHE_MIN_SECONDS`` to compile in the persistent
+  cache, unless JAX's ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` is set."""
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+    import jax
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", COMPILE_CACHE_MIN_SECONDS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,4 +380,4 @@ __all__ = ["METHODS", "METHOD_ALIASES", "Parser", "method_name", "engine_method"
            "int_arg", "float_arg", "size_arg", "layers_arg", "add_model_arguments",
            "model_source", "load_model", "add_inversion_arguments", "resolve_settings",
            "ENV_COMPILE_CACHE", "add_compile_cache_argument", "compile_cache_dir",
-           "enable_compile_cache"]
+           "enable_compile_cache", "COMPILE_CACHE_MIN_SECONDS", "set_compile_cache_threshold"]

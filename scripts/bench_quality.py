@@ -696,7 +696,8 @@ def _use_compile_cache(path: str | None) -> None:
   jax.config.update("jax_enable_compilation_cache", path is not None)
   jax.config.update("jax_compilation_cache_dir", path)
   if path is not None:
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    from mgan_jax import cli
+    cli.set_compile_cache_threshold()
   compilation_cache.reset_cache()
 
 

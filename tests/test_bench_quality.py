@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,9 +89,11 @@ def test_quick_run_both_settings_and_report(tmp_path):
 
 def test_warm_runs_from_the_compilation_cache(tmp_path):
   out = tmp_path / "warm"
+  # every program is kept, however fast it compiles (the threshold is 0.5 s)
+  env = dict(os.environ, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--warm", "--out", str(out),
                          "--settings", "dcgan64"], cwd=ROOT, capture_output=True, text=True,
-                        timeout=600)
+                        timeout=600, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
   assert [r["recipe"] for r in records] == ["official", "fast"]
