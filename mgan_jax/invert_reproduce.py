@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mgan_jax import cli, defaults as defaults_lib
+from mgan_jax import checkpoint, cli, defaults as defaults_lib
 from mgan_jax.errors import UserError, cli_entry
 
 PROG = "python -m mgan_jax.invert"
@@ -97,13 +97,9 @@ def _check_output(path: str | None, flag: str, force: bool) -> None:
     raise UserError(f"{flag} {path} is a directory; give a file name such as out.npz")
   if os.path.exists(path) and not force:
     raise UserError(f"{flag} {path} already exists; pass --force to replace it")
-  # Missing directories are created when the file is written (as the user mode does); an
-  # existing ancestor must be a directory.
+  # Missing directories are created when the file is written (as the user mode does)
   parent = os.path.dirname(os.path.abspath(path))
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if not os.path.isdir(parent):
-    raise UserError(f"{flag} {path}: {parent} is not a directory")
+  checkpoint.check_output_dir(parent, display=f"{flag} {path}: directory {parent}")
 
 
 def _latent_arrays(latents: dict) -> dict[str, np.ndarray]:
