@@ -133,7 +133,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
   if args.trace is not None and os.path.abspath(args.trace) == os.path.abspath(args.out):
     raise UserError("--trace and --out must be different files")
 
-  from mgan_jax import assets, fileio, latents_io, latents as latents_lib
+  from mgan_jax import assets, fileio, latents_io
   from mgan_jax.inversion import invert_image
 
   cli.enable_compile_cache(args)

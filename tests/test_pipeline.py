@@ -85,8 +85,6 @@ def test_chunk_plan_and_default_chunk():
 
 def test_latents_file_round_trip_and_checks(tmp_path):
   from mgan_jax.generators.dcgan import DCGAN
-  from mgan_jax.objective import LossConfig
-  from mgan_jax.optimize import OptimizerConfig
   lat = {"z": np.random.default_rng(0).standard_normal((3, 100)).astype(np.float32),
          "alpha": np.full((3, 256), 1 / 3, np.float32)}
   latents_io.save(tmp_path / "l.npz", lat, {"method": "multi_z", "layer": 2, "codes": 3})
